@@ -1,0 +1,3 @@
+from .launch import launch
+
+__all__ = ["launch"]

@@ -1,0 +1,19 @@
+"""Choose the evaluator for a dataset from its metadata's `evaluator_type`, as Detectron2's projects do."""
+from __future__ import annotations
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, LVISEvaluator
+
+
+def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
+    """The evaluator for `dataset_name`; COCO uses the pure-Python COCOeval (detectron2 here has no compiled ops)."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    if evaluator_type == "coco":
+        return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder, use_fast_impl=False)
+    if evaluator_type == "lvis":
+        return LVISEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+    raise NotImplementedError(
+        f"No evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "
+        "supported evaluator types: 'coco', 'lvis'"
+    )

@@ -1,0 +1,65 @@
+"""add_fiber_config, the packaged configs, and the results file."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+from detectron2.config import get_cfg
+
+from fiber_d2.config import add_fiber_config
+from fiber_d2.evaluation import save_results_json
+from fiber_d2.model_zoo import get_config_file
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_every_new_key_has_a_default_and_a_comment():
+    cfg = get_cfg()
+    before = set(_flatten(cfg))
+    add_fiber_config(cfg)
+    new_keys = set(_flatten(cfg)) - before
+    assert {"SOLVER.OPTIMIZER", "SOLVER.BETAS", "TEST.RESULTS_FILE"} <= new_keys
+    source = (Path(__file__).resolve().parents[1] / "fiber_d2" / "config.py").read_text().splitlines()
+    for key in new_keys:
+        line_no = next(i for i, line in enumerate(source) if f"cfg.{key} =" in line)
+        assert source[line_no - 1].strip().startswith("#"), f"{key} has no comment above it"
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")))
+def test_every_config_merges(path):
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(get_config_file(path))
+    assert cfg.DATASETS.TRAIN and cfg.DATASETS.TEST, path
+
+
+def test_missing_config_is_named():
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        get_config_file("nope.yaml")
+
+
+def test_results_merge_replace_and_nan(tmp_path):
+    path = tmp_path / "out" / "results.json"
+    save_results_json({"a": {"bbox": {"AP": 10.0}}}, str(path))
+    merged = save_results_json({"b": {"bbox": {"AP": float("nan"), "AP50": 50.0}}}, str(path))
+    assert merged == {"a": {"bbox": {"AP": 10.0}}, "b": {"bbox": {"AP": None, "AP50": 50.0}}}
+    save_results_json({"a": {"bbox": {"AP": 20.0}}}, str(path))
+    on_disk = json.loads(path.read_text())
+    assert on_disk["a"]["bbox"]["AP"] == 20.0 and on_disk["b"]["bbox"]["AP50"] == 50.0
+    assert list(path.parent.glob("*.tmp")) == []
+
+
+def test_corrupt_results_file_is_not_overwritten(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="results.json"):
+        save_results_json({"a": {"bbox": {"AP": 1.0}}}, str(path))
+    assert path.read_text() == "{not json"
+
+
+def _flatten(node, prefix=""):
+    for key, value in node.items():
+        if hasattr(value, "items"):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
