@@ -25,8 +25,21 @@ EXTENSION_LINES = ("ext_modules=get_extensions(),", 'cmdclass={"build_ext": torc
 
 C_STANDIN = '''"""Stand-in for detectron2's compiled extension, which this build does not include (see fiber_d2's Makefile).
 
-Every op below is absent; fiber_d2 uses torchvision.ops (nms, deform_conv2d, roi_align) instead.
+Every compiled op is absent; fiber_d2 uses torchvision.ops (nms, deform_conv2d, roi_align) instead. The build-info
+functions that `detectron2.utils.collect_env` calls answer that nothing was compiled.
 """
+
+
+def get_compiler_version() -> str:
+    return "none (detectron2 built without its C++/CUDA extension)"
+
+
+def get_cuda_version() -> str:
+    return "none (detectron2 built without its C++/CUDA extension)"
+
+
+def has_cuda() -> bool:
+    return False
 
 
 def __getattr__(name: str):
