@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Draw a trained model's detections on images with Detectron2's Visualizer.
+
+    python projects/FIBER/demo.py --config-file C --input img1.jpg "images/*.jpg" --output out_dir \
+        [--confidence-threshold 0.5] [--max-inputs N] [--opts MODEL.WEIGHTS model_final.pth]
+
+Each input image is written to `out_dir` under its own file name with boxes, class names and scores drawn.
+"""
+import argparse
+import glob
+import os
+import sys
+import time
+
+import cv2
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import Visualizer
+
+import fiber_d2.data.datasets  # noqa: F401  (registers the datasets, for class names)
+from fiber_d2.config import add_fiber_config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", nargs="+", required=True, help="image files or glob patterns")
+    parser.add_argument("--output", required=True, help="directory for the visualised images")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    parser.add_argument("--max-inputs", type=int, default=None, help="use only the first N inputs (sorted)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def expand_inputs(patterns, max_inputs=None):
+    """Files named by `patterns` (paths or globs), sorted; an unmatched pattern is an error naming it."""
+    paths = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        paths.extend(matches)
+    return paths[:max_inputs] if max_inputs is not None else paths
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    predictor = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    os.makedirs(args.output, exist_ok=True)
+    for path in expand_inputs(args.input, args.max_inputs):
+        try:
+            image = read_image(path, format="BGR")
+        except OSError as e:
+            print(f"skipping {path}: cannot read it as an image ({e})", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        instances = predictor(image)["instances"].to("cpu")
+        instances = instances[instances.scores >= args.confidence_threshold]
+        drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+        out_path = os.path.join(args.output, os.path.basename(path))
+        cv2.imwrite(out_path, drawn.get_image()[:, :, ::-1])
+        print(f"{path}: {len(instances)} detections in {time.perf_counter() - start:.2f} s -> {out_path}")
+
+
+if __name__ == "__main__":
+    main()

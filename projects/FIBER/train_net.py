@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Train and evaluate fiber_d2 models with Detectron2's DefaultTrainer.
+
+    python projects/FIBER/train_net.py --config-file configs/fiber_shapes/retinanet_R18_baseline.yaml
+    python projects/FIBER/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/model_final.pth
+    python projects/FIBER/train_net.py --config-file C --num-gpus 2   # 2 processes: GPUs with NCCL, else CPU with gloo
+
+Evaluation results go to the log, to TensorBoard/metrics.json, and to OUTPUT_DIR/results.json as
+{dataset_name: {task: {metric: value}}}.
+"""
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.utils import comm
+
+import fiber_d2.data.datasets  # noqa: F401  (registers the datasets)
+from fiber_d2.config import add_fiber_config
+from fiber_d2.engine import launch
+from fiber_d2.evaluation import build_evaluator, save_results_json
+from fiber_d2.solver import build_optimizer
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with fiber_d2's evaluators, optimizers and results file."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if len(cfg.DATASETS.TEST) == 1:  # DefaultTrainer.test drops the dataset level for a single dataset
+            results = {cfg.DATASETS.TEST[0]: results}
+        if comm.is_main_process():
+            save_results_json(results, os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_FILE))
+        return results
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

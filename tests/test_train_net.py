@@ -1,0 +1,91 @@
+"""End to end through the command-line entry points, on a tiny FIBER-Shapes set: train, resume, eval-only, two CPU
+processes, and the visualiser."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "fiber_shapes" / "retinanet_R18_baseline.yaml"
+TINY = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "()"]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, datasets_root, timeout=300):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def datasets_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    _run([REPO / "tools" / "make_shapes_dataset.py", "--root", root / "fiber_shapes", "--seed", "3",
+          "--num-train", "8", "--num-val", "4", "--num-novel", "4"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(datasets_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY,
+          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out], datasets_root)
+    return out
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+
+
+def test_training_writes_checkpoints_metrics_and_results(trained):
+    assert (trained / "model_final.pth").is_file() and (trained / "model_0000001.pth").is_file()
+    iterations = [m["iteration"] for m in _metrics(trained) if "total_loss" in m]
+    assert iterations[-1] == 3
+    results = json.loads((trained / "results.json").read_text())
+    bbox = results["fiber_shapes_val"]["bbox"]
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(bbox)
+    assert all(value is None or 0.0 <= value <= 100.0 for value in bbox.values())
+
+
+def test_resume_continues_from_last_checkpoint(trained, datasets_root):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, "--resume", *TINY,
+          "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", trained], datasets_root)
+    log = (trained / "log.txt").read_text()
+    assert f"Loading trainer from {trained / 'model_final.pth'}" in log
+    assert "Starting training from iteration 4" in log
+    iterations = [m["iteration"] for m in _metrics(trained) if "total_loss" in m]
+    assert iterations == [3, 5]
+
+
+def test_eval_only_adds_a_dataset_to_results(trained, datasets_root):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, "--eval-only",
+          "MODEL.WEIGHTS", trained / "model_final.pth", "DATASETS.TEST", "('fiber_shapes_novel',)",
+          "OUTPUT_DIR", trained], datasets_root)
+    results = json.loads((trained / "results.json").read_text())
+    assert {"fiber_shapes_val", "fiber_shapes_novel"} <= set(results)
+    assert "AP50" in results["fiber_shapes_novel"]["bbox"]
+
+
+def test_two_cpu_processes_train_together(datasets_root, tmp_path):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, "--num-gpus", "2", *TINY,
+          "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path], datasets_root)
+    assert "Rank of current process: 1. World size: 2" in (tmp_path / "log.txt.rank1").read_text()
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_demo_draws_predictions_at_input_size(trained, datasets_root, tmp_path):
+    images = sorted((datasets_root / "fiber_shapes" / "images" / "val").glob("*.jpg"))[:2]
+    log = _run([REPO / "projects" / "FIBER" / "demo.py", "--config-file", CONFIG, "--input", *images,
+                "--output", tmp_path, "--confidence-threshold", "0.0", "--opts", "MODEL.WEIGHTS",
+                trained / "model_final.pth"], datasets_root)
+    for image in images:
+        drawn = tmp_path / image.name
+        assert drawn.is_file(), log
+        assert Image.open(drawn).size == Image.open(image).size
