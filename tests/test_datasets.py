@@ -276,6 +276,12 @@ def test_mdetr_mixed_image_roots_by_source(tmp_path):
         os.path.join(roots["coco"], "COCO_train2014_000000000009.jpg"),
         os.path.join(roots["flickr"], "3359636318.jpg"),
     ]
+    unused = {**roots, "gqa": str(tmp_path / "not_downloaded")}  # a folder no record uses may be missing
+    assert len(load_mdetr_json(json_file, unused)) == 3
+    os.rmdir(roots["coco"])
+    with pytest.raises(FileNotFoundError, match="image folder of source 'coco'"):
+        load_mdetr_json(json_file, roots)
+    os.makedirs(roots["coco"])
     del roots["flickr"]
     with pytest.raises(DatasetFormatError, match="image id 2: dataset_name 'flickr' has no image folder"):
         load_mdetr_json(json_file, roots)

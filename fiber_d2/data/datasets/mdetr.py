@@ -50,10 +50,14 @@ def load_mdetr_json(
     """
     check_on_bad_record(on_bad_record)
     require_file(json_file, dataset_name, "annotation file")
-    for folder in [image_root] if isinstance(image_root, str) else image_root.values():
-        require_dir(folder, dataset_name, "image folder")
     data = load_json(json_file, dataset_name)
     images = top_level_list(data, "images", json_file, dataset_name)
+    if isinstance(image_root, str):
+        require_dir(image_root, dataset_name, "image folder")
+    else:  # only the folders of the sources that records name must exist
+        sources = {image.get("data_source", image.get("dataset_name")) for image in images if isinstance(image, dict)}
+        for source in sorted(s for s in sources if s in image_root):
+            require_dir(image_root[source], dataset_name, f"image folder of source {source!r}")
     reporter = RecordReporter(json_file, dataset_name, on_bad_record)
 
     annotations_by_image: dict[Any, list[dict]] = defaultdict(list)
