@@ -16,11 +16,14 @@ TINY = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARM
 pytestmark = pytest.mark.slow
 
 
-def _run(args, datasets_root, timeout=300):
+def _run(args, datasets_root, timeout=300, expect_success=True):
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    if expect_success:
+        assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    else:
+        assert proc.returncode != 0, f"{args} should have failed"
     return proc.stdout + proc.stderr
 
 
@@ -89,3 +92,18 @@ def test_demo_draws_predictions_at_input_size(trained, datasets_root, tmp_path):
         drawn = tmp_path / image.name
         assert drawn.is_file(), log
         assert Image.open(drawn).size == Image.open(image).size
+
+
+def test_missing_dataset_is_named_without_a_traceback(tmp_path):
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY,
+                "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", tmp_path / "out"], tmp_path / "empty", expect_success=False)
+    expected = tmp_path / "empty" / "fiber_shapes" / "annotations" / "instances_train.json"
+    assert f"train_net.py: error: dataset 'fiber_shapes_train': annotation file not found: {expected}" in log
+    assert "Traceback" not in log
+
+
+def test_demo_names_an_input_that_matches_nothing(trained, datasets_root, tmp_path):
+    log = _run([REPO / "projects" / "FIBER" / "demo.py", "--config-file", CONFIG, "--input", tmp_path / "nope*.jpg",
+                "--output", tmp_path, "--opts", "MODEL.WEIGHTS", trained / "model_final.pth"], datasets_root,
+               expect_success=False)
+    assert "demo.py: error: --input" in log and "nope*.jpg" in log and "Traceback" not in log

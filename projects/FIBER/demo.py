@@ -71,4 +71,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as e:
+        sys.exit(f"demo.py: error: {e}")

@@ -9,6 +9,7 @@ Evaluation results go to the log, to TensorBoard/metrics.json, and to OUTPUT_DIR
 {dataset_name: {task: {metric: value}}}.
 """
 import os
+import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -17,6 +18,7 @@ from detectron2.utils import comm
 
 import fiber_d2.data.datasets  # noqa: F401  (registers the datasets)
 from fiber_d2.config import add_fiber_config
+from fiber_d2.data.datasets import DatasetFormatError
 from fiber_d2.engine import launch
 from fiber_d2.evaluation import build_evaluator, save_results_json
 from fiber_d2.solver import build_optimizer
@@ -68,11 +70,14 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (FileNotFoundError, DatasetFormatError) as e:  # bad data or paths: the message names the file and record
+        sys.exit(f"train_net.py: error: {e}")
