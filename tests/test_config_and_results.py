@@ -1,6 +1,8 @@
 """add_fiber_config, the packaged configs, and the results file."""
 import json
-import math
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,15 @@ def _flatten(node, prefix=""):
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}"
+
+
+@pytest.mark.slow
+def test_built_package_carries_every_config(tmp_path):
+    """A non-editable install finds configs inside the package (fiber_d2/model_zoo/configs)."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(repo)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("fiber_d2-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = {name.split("model_zoo/configs/", 1)[1] for name in archive.namelist() if "model_zoo/configs/" in name}
+    assert packaged == {p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")}

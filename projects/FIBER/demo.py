@@ -6,6 +6,8 @@
 
 Each input image is written to `out_dir` under its own file name with boxes, class names and scores drawn.
 """
+from __future__ import annotations
+
 import argparse
 import glob
 import os
@@ -23,7 +25,7 @@ import fiber_d2.data.datasets  # noqa: F401  (registers the datasets, for class 
 from fiber_d2.config import add_fiber_config
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", required=True, help="image files or glob patterns")
@@ -34,7 +36,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def expand_inputs(patterns, max_inputs=None):
+def expand_inputs(patterns: list[str], max_inputs: int | None = None) -> list[str]:
     """Files named by `patterns` (paths or globs), sorted; an unmatched pattern is an error naming it."""
     paths = []
     for pattern in patterns:
@@ -45,7 +47,7 @@ def expand_inputs(patterns, max_inputs=None):
     return paths[:max_inputs] if max_inputs is not None else paths
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = get_cfg()
     add_fiber_config(cfg)
