@@ -16,9 +16,8 @@ from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.utils import comm
 
-import fiber_d2.data.datasets  # noqa: F401  (registers the datasets)
 from fiber_d2.config import add_fiber_config
-from fiber_d2.data.datasets import DatasetFormatError
+from fiber_d2.data.datasets import DatasetFormatError  # importing the package registers the datasets
 from fiber_d2.engine import launch
 from fiber_d2.evaluation import build_evaluator, save_results_json
 from fiber_d2.solver import build_optimizer
