@@ -1,0 +1,148 @@
+"""RoBERTa text encoder built from Hugging Face's modules, run one layer at a time.
+
+The embeddings and every layer's weights are those of `transformers.RobertaModel` (so `roberta-base` loads with
+`from_pretrained`, and the official FIBER keys `language_backbone.body.model.*` map one to one onto `model.*`). The
+layer forward is ours, through scaled_dot_product_attention, because FIBER inserts the gated text-to-image attention
+between the self-attention output projection and its residual LayerNorm:
+
+    a = Dropout(Dense(SelfAttn(h))); a = a + alpha_t2i * CrossAttn(a, image); h = LN(a + h); h = FFN(h)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import torch
+from torch import nn
+from transformers import RobertaConfig, RobertaModel
+
+from .attention import multi_head_attention, padding_bias
+from .fusion import TextToImageAttention
+
+
+@dataclasses.dataclass(frozen=True)
+class TextState:
+    """The text stream between two layers.
+
+    hidden: [B, T, D]; attention_mask: [B, T] (1 = token, 0 = padding); bias: [B, 1, T or 1, T] additive attention
+    bias (padding, plus the causal triangle for decoding); layer: index of the next layer.
+    """
+
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    bias: torch.Tensor
+    layer: int
+
+
+class RobertaTextEncoder(nn.Module):
+    """RoBERTa whose top `len(fused_image_dims)` layers carry a `TextToImageAttention` (keys `t2i.<layer index>`).
+
+    fused_image_dims: channels of the image tokens each fused layer attends to, bottom to top.
+    skip_final_norm: leave out the last layer's output LayerNorm (FIBER's coarse-stage quirk).
+    """
+
+    def __init__(self, model: RobertaModel, fused_image_dims: Sequence[int] = (), skip_final_norm: bool = False):
+        super().__init__()
+        config = model.config
+        num_layers = config.num_hidden_layers
+        if len(fused_image_dims) > num_layers:
+            raise ValueError(f"{len(fused_image_dims)} fused layers requested but the text model has {num_layers}")
+        self.model = model
+        self.num_heads = config.num_attention_heads
+        self.hidden_size = config.hidden_size
+        self.skip_final_norm = skip_final_norm
+        first_fused = num_layers - len(fused_image_dims)
+        self.t2i = nn.ModuleDict(
+            {
+                str(first_fused + i): TextToImageAttention(
+                    config.hidden_size,
+                    config.num_attention_heads,
+                    image_dim,
+                    attention_dropout=config.attention_probs_dropout_prob,
+                    dropout=config.hidden_dropout_prob,
+                )
+                for i, image_dim in enumerate(fused_image_dims)
+            }
+        )
+        for module in self.t2i.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=config.initializer_range)
+                nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def load_model(path: str = "", **dims) -> RobertaModel:
+        """A RobertaModel (no pooler): from a local Hugging Face directory, or randomly initialised from `dims`.
+
+        dims: RobertaConfig arguments (vocab_size, hidden_size, num_hidden_layers, ...), used when `path` is empty.
+        Never downloads: `path` must be a directory with config.json and the weights.
+        """
+        if not path:
+            return RobertaModel(RobertaConfig(**dims), add_pooling_layer=False)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(
+                f"text model directory {path!r} has no config.json; give a local Hugging Face RoBERTa directory "
+                "(e.g. one saved with RobertaModel.save_pretrained)"
+            )
+        return RobertaModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def num_fused(self) -> int:
+        return len(self.t2i)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> TextState:
+        """input_ids, attention_mask: [B, T] -> the state before layer 0. `causal` masks future tokens (decoding)."""
+        if input_ids.shape != attention_mask.shape:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ in shape"
+            )
+        hidden = self.model.embeddings(input_ids=input_ids)
+        bias = padding_bias(attention_mask, hidden.dtype)
+        if causal:
+            length = input_ids.shape[1]
+            future = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
+            bias = torch.where(future, torch.finfo(hidden.dtype).min, bias)
+        return TextState(hidden, attention_mask, bias, 0)
+
+    def step(self, state: TextState, image: torch.Tensor | None = None) -> TextState:
+        """Run the next layer; `image` [B, N, C] feeds its text-to-image attention (fused layers only)."""
+        index = state.layer
+        if index >= self.num_layers:
+            raise RuntimeError("every text layer has already run")
+        layer = self.model.encoder.layer[index]
+        self_attention, self_output = layer.attention.self, layer.attention.output
+        hidden = state.hidden
+        attended = multi_head_attention(
+            self_attention.query(hidden),
+            self_attention.key(hidden),
+            self_attention.value(hidden),
+            self.num_heads,
+            bias=state.bias,
+            dropout_p=self_attention.dropout.p if self.training else 0.0,
+        )
+        a = self_output.dropout(self_output.dense(attended))
+        if image is not None:
+            if str(index) not in self.t2i:
+                raise ValueError(f"image tokens were given to text layer {index}, which is not fused")
+            a = self.t2i[str(index)](a, image)
+        hidden = self_output.LayerNorm(a + hidden)
+        intermediate = layer.intermediate(hidden)
+        if self.skip_final_norm and index == self.num_layers - 1:
+            hidden = layer.output.dropout(layer.output.dense(intermediate)) + hidden
+        else:
+            hidden = layer.output(intermediate, hidden)
+        return dataclasses.replace(state, hidden=hidden, layer=index + 1)
+
+    def run(self, state: TextState, num_layers: int) -> TextState:
+        """Run `num_layers` more layers without image input."""
+        for _ in range(num_layers):
+            state = self.step(state)
+        return state
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unfused text encoder: [B, T] ids and mask -> [B, T, D] hidden states."""
+        return self.run(self.embed(input_ids, attention_mask), self.num_layers).hidden
