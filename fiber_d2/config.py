@@ -69,6 +69,9 @@ def _add_backbone_config(cfg: CN) -> None:
     # "v2" (main fine checkpoints) or "v3" (RefExp checkpoints, coarse stage: a LayerNorm on image-to-text queries).
     cfg.MODEL.FIBER.FUSION.VERSION = "v2"
 
+    # Recompute every Swin block and text layer in the backward pass: less activation memory, ~1/3 more compute.
+    cfg.MODEL.FIBER.GRADIENT_CHECKPOINTING = False
+
     cfg.MODEL.FIBER.FREEZE = CN()
     # Freeze the patch embedding + this many Swin stages (0: none; -1: the whole image encoder with its fusion).
     cfg.MODEL.FIBER.FREEZE.IMAGE_STAGES = 0

@@ -38,6 +38,7 @@ class FiberBackbone(Backbone):
         text_encoder: RobertaTextEncoder,
         freeze_image_stages: int = 0,
         freeze_text_layers: int = 0,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         num_fused = text_encoder.num_fused
@@ -58,6 +59,7 @@ class FiberBackbone(Backbone):
             name: image_encoder.num_features[image_encoder.stage_names.index(name)] for name in self._out_features
         }
         self.freeze(freeze_image_stages, freeze_text_layers)
+        image_encoder.gradient_checkpointing = text_encoder.gradient_checkpointing = gradient_checkpointing
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec | None = None) -> dict:
@@ -100,6 +102,7 @@ class FiberBackbone(Backbone):
             "text_encoder": text_encoder,
             "freeze_image_stages": fiber.FREEZE.IMAGE_STAGES,
             "freeze_text_layers": fiber.FREEZE.TEXT_LAYERS,
+            "gradient_checkpointing": fiber.GRADIENT_CHECKPOINTING,
         }
 
     @property

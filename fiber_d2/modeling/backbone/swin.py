@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.swin_transformer import get_relative_position_index, window_partition, window_reverse
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import multi_head_attention
 from .fusion import ImageToTextAttention
@@ -248,6 +249,7 @@ class SwinTransformer(nn.Module):
         if not 0 <= fused_blocks <= total:
             raise ValueError(f"fused_blocks={fused_blocks} must lie in [0, {total}] (the number of Swin blocks)")
         self.window_size = window_size
+        self.gradient_checkpointing = False  # recompute each block in the backward pass (saves activation memory)
         self.depths = tuple(depths)
         self.num_features = [embed_dim * 2**i for i in range(len(depths))]
         self.stage_names = [f"res{i + 2}" for i in range(len(depths))]
@@ -309,7 +311,10 @@ class SwinTransformer(nn.Module):
             raise RuntimeError("every Swin block has already run")
         stage = self.layers[state.stage]
         block = stage.blocks[state.block]
-        tokens = block(state.tokens, state.size, state.shift_mask, text=text, text_bias=text_bias)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            tokens = checkpoint(block, state.tokens, state.size, state.shift_mask, text, text_bias, use_reentrant=False)
+        else:
+            tokens = block(state.tokens, state.size, state.shift_mask, text=text, text_bias=text_bias)
         if state.block + 1 < len(stage.blocks):
             return dataclasses.replace(state, tokens=tokens, block=state.block + 1)
         outputs = dict(state.outputs)

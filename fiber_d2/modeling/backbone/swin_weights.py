@@ -70,12 +70,12 @@ def load_swin_weights(encoder: SwinTransformer, path: str) -> None:
     state_dict = swin_checkpoint_to_ours(load_state_dict_file(path), encoder)
     own = encoder.state_dict()
     unexpected = sorted(key for key in state_dict if key not in own)
-    mismatched = sorted(
+    mismatched = [  # in the model's order, so the first named is the first offending layer
         f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
-        for key in state_dict
-        if key in own and state_dict[key].shape != own[key].shape
-    )
-    missing = sorted(key for key in own if key not in state_dict and not _NOT_IN_IMAGENET_CHECKPOINTS.search(key))
+        for key in own
+        if key in state_dict and state_dict[key].shape != own[key].shape
+    ]
+    missing = [key for key in own if key not in state_dict and not _NOT_IN_IMAGENET_CHECKPOINTS.search(key)]
     if unexpected or mismatched or missing:
         problems = []
         if unexpected:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import RobertaConfig, RobertaModel
 
 from .attention import multi_head_attention, padding_bias
@@ -52,6 +53,7 @@ class RobertaTextEncoder(nn.Module):
         self.num_heads = config.num_attention_heads
         self.hidden_size = config.hidden_size
         self.skip_final_norm = skip_final_norm
+        self.gradient_checkpointing = False  # recompute each layer in the backward pass (saves activation memory)
         first_fused = num_layers - len(fused_image_dims)
         self.t2i = nn.ModuleDict(
             {
@@ -113,29 +115,35 @@ class RobertaTextEncoder(nn.Module):
         index = state.layer
         if index >= self.num_layers:
             raise RuntimeError("every text layer has already run")
+        if image is not None and str(index) not in self.t2i:
+            raise ValueError(f"image tokens were given to text layer {index}, which is not fused")
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            hidden = checkpoint(self._layer_forward, index, state.hidden, state.bias, image, use_reentrant=False)
+        else:
+            hidden = self._layer_forward(index, state.hidden, state.bias, image)
+        return dataclasses.replace(state, hidden=hidden, layer=index + 1)
+
+    def _layer_forward(
+        self, index: int, hidden: torch.Tensor, bias: torch.Tensor, image: torch.Tensor | None
+    ) -> torch.Tensor:
         layer = self.model.encoder.layer[index]
         self_attention, self_output = layer.attention.self, layer.attention.output
-        hidden = state.hidden
         attended = multi_head_attention(
             self_attention.query(hidden),
             self_attention.key(hidden),
             self_attention.value(hidden),
             self.num_heads,
-            bias=state.bias,
+            bias=bias,
             dropout_p=self_attention.dropout.p if self.training else 0.0,
         )
         a = self_output.dropout(self_output.dense(attended))
         if image is not None:
-            if str(index) not in self.t2i:
-                raise ValueError(f"image tokens were given to text layer {index}, which is not fused")
             a = self.t2i[str(index)](a, image)
         hidden = self_output.LayerNorm(a + hidden)
         intermediate = layer.intermediate(hidden)
         if self.skip_final_norm and index == self.num_layers - 1:
-            hidden = layer.output.dropout(layer.output.dense(intermediate)) + hidden
-        else:
-            hidden = layer.output(intermediate, hidden)
-        return dataclasses.replace(state, hidden=hidden, layer=index + 1)
+            return layer.output.dropout(layer.output.dense(intermediate)) + hidden
+        return layer.output(intermediate, hidden)
 
     def run(self, state: TextState, num_layers: int) -> TextState:
         """Run `num_layers` more layers without image input."""
