@@ -1,0 +1,163 @@
+"""tools/benchmark.py: the SDPA FLOP handle, the METER-style baseline, and the `backbone` subcommand end to end on
+FIBER-tiny at a small size (every stdout line is a JSON row)."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "backbone" / "FIBER-tiny.yaml"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("fiber_benchmark", REPO / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = _load_benchmark()
+
+
+class _Attention(nn.Module):
+    def forward(self, query, key, value):
+        return F.scaled_dot_product_attention(query, key, value)
+
+
+def test_sdpa_handle_matches_hand_count():
+    batch, heads, length, source, dim, value_dim = 2, 4, 10, 7, 8, 8
+    inputs = (torch.randn(batch, heads, length, dim), torch.randn(batch, heads, source, dim),
+              torch.randn(batch, heads, source, value_dim))
+    analysis = benchmark.flop_analysis(_Attention(), inputs)
+    # Q K^T: B*H*L*S*D multiply-adds; P V: B*H*L*S*Dv.
+    assert analysis.total() == batch * heads * length * source * (dim + value_dim) == 8960
+    assert not analysis.unsupported_ops()
+    assert analysis.by_operator() == {"scaled_dot_product_attention": 8960}
+
+
+def test_sdpa_handle_broadcasts_leading_dims_and_value_dim():
+    # Swin's layout: [B, windows, heads, N, D] queries; keys shared over the batch (broadcast); Dv != Dqk.
+    query, key, value = torch.randn(2, 3, 4, 5, 8), torch.randn(1, 3, 4, 6, 8), torch.randn(1, 3, 4, 6, 16)
+    analysis = benchmark.flop_analysis(_Attention(), (query, key, value))
+    assert analysis.total() == 2 * 3 * 4 * 5 * 6 * (8 + 16)
+
+
+def test_fvcore_skips_sdpa_without_the_handle():
+    from fvcore.nn import FlopCountAnalysis
+
+    inputs = tuple(torch.randn(2, 4, 10, 8) for _ in range(3))
+    analysis = FlopCountAnalysis(_Attention(), inputs).unsupported_ops_warnings(False)
+    assert analysis.total() == 0 and "aten::scaled_dot_product_attention" in analysis.unsupported_ops()
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    torch.manual_seed(0)
+    return benchmark.build_backbone(TINY).eval()
+
+
+def test_meter_baseline_output_shapes(tiny_backbone):
+    meter = benchmark.MeterBaseline.for_backbone(tiny_backbone).eval()
+    text = tiny_backbone.text.model.config
+    assert len(meter.fusion.image_layers) == len(meter.fusion.text_layers) == tiny_backbone.num_fused == 3
+    images = torch.randn(2, 3, 64, 96)
+    input_ids = torch.randint(3, text.vocab_size, (2, 12))
+    attention_mask = torch.ones(2, 12, dtype=torch.long)
+    attention_mask[1, 8:] = 0
+    with torch.no_grad():
+        outputs = meter(images, input_ids, attention_mask)
+        unfused = benchmark.BackboneForward(tiny_backbone, "off")(images, input_ids, attention_mask)
+    shapes = [tuple(output.shape) for output in outputs]
+    hidden = text.hidden_size
+    assert shapes == [(2, 64, 8, 12), (2, 128, 4, 6), (2, 256, 2, 3), (2, 12, hidden), (2, 6, hidden), (2, 12, hidden)]
+    for got, expected in zip(outputs[:4], unfused):  # METER reads the unfused encoders
+        torch.testing.assert_close(got, expected)
+    assert all(torch.isfinite(output).all() for output in outputs)
+
+
+def test_meter_fusion_at_fiber_b_dims_is_meter():
+    fusion = benchmark.MeterFusion(image_dim=1024, text_dim=768)
+    layer = fusion.image_layers[0]
+    assert len(fusion.image_layers) == len(fusion.text_layers) == 6
+    assert fusion.image_proj.in_features == 1024 and fusion.image_proj.out_features == 768
+    assert layer.self_attention.num_heads == layer.cross_attention.num_heads == 12
+    assert layer.intermediate.out_features == 3072
+    image, text = fusion(torch.randn(2, 9, 1024), torch.randn(2, 5, 768), torch.ones(2, 5, dtype=torch.long))
+    assert image.shape == (2, 9, 768) and text.shape == (2, 5, 768)
+
+
+def test_lower_forward_is_part_of_the_full_forward(tiny_backbone):
+    inputs = benchmark.make_inputs((64, 96), 12, 1, 1000, 32, torch.device("cpu"))
+    lower = benchmark.count_flops(benchmark.LowerForward(tiny_backbone), inputs)["total"]
+    full = benchmark.count_flops(benchmark.BackboneForward(tiny_backbone, "on"), inputs)["total"]
+    assert 0 < lower < full
+
+
+def test_text_len_defaults_and_size_parsing():
+    assert benchmark.parse_size("800x1333") == (800, 1333)
+    assert benchmark.default_text_len((384, 384)) == 40 and benchmark.default_text_len((800, 1333)) == 256
+    with pytest.raises(SystemExit):
+        benchmark.build_parser().parse_args(["backbone", "--sizes", "800by1333"])
+
+
+@pytest.fixture(scope="module")
+def rows():
+    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "backbone", "--config-file", str(TINY),
+               "--sizes", "64x96", "--text-len", "12", "--repeats", "1", "--warmup", "0", "--memory-size", "64x96",
+               "--memory-batch", "2", "--memory-jobs", "3", "--device", "cpu"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    lines = proc.stdout.splitlines()
+    assert lines, proc.stderr[-3000:]
+    parsed = [json.loads(line) for line in lines]  # every stdout line is one JSON object
+    return {row["metric"]: row for row in parsed}
+
+
+def test_cli_rows_are_complete(rows):
+    assert set(rows) == {"flops", "latency", "memory"}
+    for row in rows.values():
+        assert row["bench"] == "backbone" and row["model"] == "FIBER-tiny" and row["device"] == "cpu"
+        assert {"size", "text_len", "batch"} <= set(row)
+    assert rows["flops"]["size"] == "64x96" and rows["flops"]["text_len"] == 12 and rows["flops"]["batch"] == 1
+    assert rows["memory"]["batch"] == 2
+
+
+def test_cli_flops(rows):
+    flops = rows["flops"]
+    assert flops["fusion_on"] > flops["fusion_off"] > 0
+    assert flops["meter"] > flops["fusion_off"]
+    assert 0 < flops["lower_share_of_fusion_on"] < 1 and 0 < flops["lower"] < flops["fusion_on"]
+    assert math.isclose(flops["fusion_fiber"], flops["fusion_on"] - flops["fusion_off"], abs_tol=2e-3)
+    assert math.isclose(flops["fusion_meter"], flops["meter"] - flops["fusion_off"], abs_tol=2e-3)
+    assert flops["fusion_ratio_fiber_over_meter"] > 0 and flops["total_ratio_fiber_over_meter"] > 0
+    # The SDPA handle counted attention, and more of it with fusion on.
+    assert flops["attention_sdpa"]["fusion_on"] > flops["attention_sdpa"]["fusion_off"] > 0
+    assert "aten::scaled_dot_product_attention" not in flops["unsupported_ops"]
+    # Only cheap elementwise/indexing ops may remain uncounted.
+    assert not {"aten::linear", "aten::matmul", "aten::bmm", "aten::baddbmm", "aten::_convolution"} & set(
+        flops["unsupported_ops"])
+
+
+def test_cli_latency(rows):
+    latency = rows["latency"]
+    for variant in ("fusion_on", "fusion_off", "meter"):
+        assert latency[f"{variant}_median"] > 0 and 0 < latency[f"{variant}_min"] <= latency[f"{variant}_median"]
+    for prefix in ("", "min_"):
+        assert latency[f"{prefix}ratio_fusion_on_over_off"] > 0 and latency[f"{prefix}ratio_meter_over_off"] > 0
+        assert latency[f"{prefix}ratio_fusion_on_over_meter"] > 0
+
+
+def test_cli_memory(rows):
+    memory = rows["memory"]
+    assert memory["size"] == "64x96" and memory["unit"] == "MiB"
+    assert memory["fusion_on"] > 0 and memory["meter"] > 0 and memory["fusion_off"] > 0
+    assert memory["ratio_fusion_on_over_meter"] > 0

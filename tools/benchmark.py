@@ -1,0 +1,574 @@
+#!/usr/bin/env python
+"""fiber_d2 benchmarks: one subcommand per benchmark, each printing one JSON object per line on stdout (logs: stderr).
+
+    python tools/benchmark.py backbone          # FIBER-B at 384x384 (text 40) and 800x1333 (text 256)
+    python tools/benchmark.py backbone --sizes 384x384 --skip-memory --repeats 5
+    python tools/benchmark.py backbone --config-file configs/backbone/FIBER-tiny.yaml --sizes 64x96 --text-len 12 \\
+        --memory-size 64x96 --repeats 1 --warmup 0
+
+`backbone` measures the fused backbone (random weights: FLOPs, time and memory do not depend on them) with fusion on,
+fusion off (the two unimodal encoders) and a METER-style baseline built here (the unfused backbone plus K = 6
+co-attention layers per stream on top). Rows and their fields are described in docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing fiber_d2
+    sys.path.insert(0, str(REPO))
+
+from fiber_d2.modeling.backbone.attention import multi_head_attention, padding_bias  # noqa: E402
+from fiber_d2.modeling.backbone.fusion import FusionMode  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+DEFAULT_CONFIG = "configs/backbone/FIBER-B.yaml"
+DEFAULT_SIZES = "384x384,800x1333"
+# FIBER's text lengths: the coarse stage truncates captions to 40 tokens (images 384/576); the fine stage pads every
+# query to MAX_QUERY_LEN = 256 (images 800x1333).
+COARSE_TEXT_LEN, FINE_TEXT_LEN, COARSE_MAX_SIDE = 40, 256, 576
+SDPA_OP = "aten::scaled_dot_product_attention"
+
+_STDOUT = sys.stdout  # JSON rows go here; everything else printed while benchmarking is sent to stderr
+
+
+def emit(row: dict) -> None:
+    """Print one JSON row on the real stdout."""
+    _STDOUT.write(json.dumps(row) + "\n")
+    _STDOUT.flush()
+
+
+# ----------------------------------------------------------------------------------------------------- FLOP counting
+def sdpa_flop_jit(inputs: list, outputs: list) -> int:
+    """fvcore handle for aten::scaled_dot_product_attention: MACs = batch * Lq * Lk * (Dqk + Dv).
+
+    query [..., Lq, Dqk], key [..., Lk, Dqk], value [..., Lk, Dv]; the leading dims (batch, windows, heads)
+    broadcast. Q K^T costs Lq*Lk*Dqk multiply-adds and P V costs Lq*Lk*Dv; the softmax, scale and additive mask are
+    elementwise and not counted (fvcore's convention for softmax).
+    """
+    from fvcore.nn.jit_handles import get_shape
+
+    query, key, value = (get_shape(value) for value in inputs[:3])
+    if query is None or key is None or value is None:
+        raise ValueError("scaled_dot_product_attention input shapes are unknown to the tracer")
+    batch = torch.broadcast_shapes(tuple(query[:-2]), tuple(key[:-2]), tuple(value[:-2]))
+    return math.prod(batch) * query[-2] * key[-2] * (query[-1] + value[-1])
+
+
+def flop_analysis(model: nn.Module, inputs: tuple):
+    """An fvcore FlopCountAnalysis with the SDPA handle, quiet about skipped ops (they are reported in the rows)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**{SDPA_OP: sdpa_flop_jit})
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return analysis
+
+
+def count_flops(model: nn.Module, inputs: tuple) -> dict:
+    """{"total": flops, "sdpa": flops of the attention op, "unsupported": {op: calls}} (1 multiply-add = 1 flop)."""
+    analysis = flop_analysis(model, inputs)
+    with torch.no_grad():
+        total = analysis.total()
+    return {
+        "total": total,
+        "sdpa": analysis.by_operator().get(SDPA_OP.split("::")[-1], 0),  # fvcore drops the "aten::" prefix
+        "unsupported": dict(analysis.unsupported_ops()),
+    }
+
+
+# ------------------------------------------------------------------------------------------ models taking only tensors
+class BackboneForward(nn.Module):
+    """FiberBackbone with a fixed fusion mode: (images, ids, mask) -> (*image features in out_features order, text)."""
+
+    def __init__(self, backbone: nn.Module, fusion: FusionMode | str):
+        super().__init__()
+        self.backbone = backbone
+        self.fusion = FusionMode(fusion)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        features, text = self.backbone(images, input_ids, attention_mask, fusion=self.fusion)
+        return (*(features[name] for name in self.backbone._out_features), text)
+
+
+class LowerForward(nn.Module):
+    """The text-independent lower part only: encode_image_lower + encode_text_lower, every tensor they produce."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        image_state = self.backbone.encode_image_lower(images)
+        text_state = self.backbone.encode_text_lower(input_ids, attention_mask)
+        return (image_state.tokens, *image_state.outputs.values(), text_state.hidden)
+
+
+class MeterAttention(nn.Module):
+    """BERT attention block: LN(x + Dense(MHA(Q x, K ctx, V ctx))); ctx = x for self-attention."""
+
+    def __init__(self, hidden: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dropout = dropout
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor | None) -> torch.Tensor:
+        attended = multi_head_attention(
+            self.query(x),
+            self.key(context),
+            self.value(context),
+            self.num_heads,
+            bias=context_bias,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        return self.norm(x + self.dropout(self.dense(attended)))
+
+
+class MeterCoAttentionLayer(nn.Module):
+    """METER's BertCrossLayer for one stream: self-attention, cross-attention to the other stream, FFN (BERT style)."""
+
+    def __init__(self, hidden: int = 768, num_heads: int = 12, intermediate: int = 3072, dropout: float = 0.1):
+        super().__init__()
+        self.self_attention = MeterAttention(hidden, num_heads, dropout)
+        self.cross_attention = MeterAttention(hidden, num_heads, dropout)
+        self.intermediate = nn.Linear(hidden, intermediate)
+        self.output = nn.Linear(intermediate, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+
+    def forward(
+        self, x: torch.Tensor, x_bias: torch.Tensor | None, other: torch.Tensor, other_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x: [B, L, hidden] this stream; other: [B, S, hidden]; *_bias: additive key-padding biases or None."""
+        x = self.self_attention(x, x, x_bias)
+        x = self.cross_attention(x, other, other_bias)
+        return self.norm(x + self.dropout(self.output(F.gelu(self.intermediate(x)))))
+
+
+class MeterFusion(nn.Module):
+    """METER's fusion module: projections into `hidden`, modality-type embeddings, and `num_layers` co-attention
+    layers per stream. Both streams update in parallel (each layer reads the other stream's previous state)."""
+
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        hidden: int = 768,
+        num_layers: int = 6,
+        num_heads: int = 12,
+        intermediate: int = 3072,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.image_proj = nn.Linear(image_dim, hidden)
+        self.text_proj = nn.Linear(text_dim, hidden)
+        self.token_type = nn.Embedding(2, hidden)
+        self.image_layers = nn.ModuleList(
+            MeterCoAttentionLayer(hidden, num_heads, intermediate, dropout) for _ in range(num_layers)
+        )
+        self.text_layers = nn.ModuleList(
+            MeterCoAttentionLayer(hidden, num_heads, intermediate, dropout) for _ in range(num_layers)
+        )
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(
+        self, image_tokens: torch.Tensor, text: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_tokens [B, N, image_dim] (no mask, as in METER); text [B, T, text_dim]; attention_mask [B, T].
+
+        Returns (fused image [B, N, hidden], fused text [B, T, hidden]).
+        """
+        y = self.image_proj(image_tokens) + self.token_type.weight[1]
+        x = self.text_proj(text) + self.token_type.weight[0]
+        text_bias = padding_bias(attention_mask, x.dtype)
+        for text_layer, image_layer in zip(self.text_layers, self.image_layers):
+            x, y = text_layer(x, text_bias, y, None), image_layer(y, None, x, text_bias)
+        return y, x
+
+
+class MeterBaseline(nn.Module):
+    """METER-style model on FIBER's encoders: the backbone with fusion OFF (two unimodal encoders), then the final
+    Swin stage's tokens (after its LayerNorm) and the text hidden states go through `MeterFusion`.
+
+    forward(images, ids, mask) -> (*unfused image features, unfused text, fused image [B, N, hidden], fused text).
+    `for_backbone` sizes the fusion like the text encoder (FIBER-B: hidden 768, 12 heads, FFN 3072, 6 layers = METER).
+    """
+
+    @classmethod
+    def for_backbone(cls, backbone: nn.Module) -> "MeterBaseline":
+        """METER's fusion scaled to the backbone: text hidden size, heads, FFN size and dropout; one co-attention
+        layer per fused step K (FIBER-B: 768, 12, 3072, 0.1, 6 layers, which is METER's setting)."""
+        config = backbone.text.model.config
+        return cls(backbone, hidden=config.hidden_size, num_layers=backbone.num_fused,
+                   num_heads=config.num_attention_heads, intermediate=config.intermediate_size,
+                   dropout=config.hidden_dropout_prob)
+
+    def __init__(self, backbone: nn.Module, hidden: int = 768, num_layers: int = 6, num_heads: int = 12,
+                 intermediate: int = 3072, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.last_feature = backbone._out_features[-1]
+        image_dim = backbone.output_shape()[self.last_feature].channels
+        self.fusion = MeterFusion(image_dim, backbone.text.hidden_size, hidden, num_layers, num_heads, intermediate,
+                                  dropout)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        features, text = self.backbone(images, input_ids, attention_mask, fusion=FusionMode.OFF)
+        image_tokens = features[self.last_feature].flatten(2).transpose(1, 2)
+        fused_image, fused_text = self.fusion(image_tokens, text, attention_mask)
+        return (*(features[name] for name in self.backbone._out_features), text, fused_image, fused_text)
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+def build_backbone(config_file: str, opts: Sequence[str] = ()) -> nn.Module:
+    from detectron2.config import get_cfg
+
+    from fiber_d2.config import add_fiber_config
+    from fiber_d2.modeling import FiberBackbone
+
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
+    return FiberBackbone(cfg)
+
+
+VARIANTS = ("fusion_on", "fusion_off", "meter")
+
+
+def build_variant(backbone: nn.Module, name: str) -> nn.Module:
+    """"fusion_on" | "fusion_off" | "meter" -> a module taking (images, ids, mask) and returning a tuple of tensors."""
+    if name == "meter":
+        return MeterBaseline.for_backbone(backbone)
+    return BackboneForward(backbone, {"fusion_on": FusionMode.ON, "fusion_off": FusionMode.OFF}[name])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'800x1333' -> (height 800, width 1333)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not HEIGHTxWIDTH (e.g. 800x1333)") from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return height, width
+
+
+def default_text_len(size: tuple[int, int]) -> int:
+    """40 tokens (coarse stage) for images whose longer side is at most 576, else 256 (fine stage)."""
+    return COARSE_TEXT_LEN if max(size) <= COARSE_MAX_SIDE else FINE_TEXT_LEN
+
+
+def make_inputs(size: tuple[int, int], text_len: int, batch: int, vocab_size: int, divisor: int,
+                device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random normalised images padded (zeros, right/bottom) to a multiple of `divisor` as Detectron2 batches them;
+    random token ids with a full attention mask (the fine stage pads queries to 256: same compute)."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = (-(-side // divisor) * divisor for side in size)
+    images = torch.zeros(batch, 3, height, width)
+    images[:, :, : size[0], : size[1]] = torch.randn(batch, 3, *size, generator=generator)
+    input_ids = torch.randint(3, vocab_size, (batch, text_len), generator=generator)
+    attention_mask = torch.ones(batch, text_len, dtype=torch.long)
+    return images.to(device), input_ids.to(device), attention_mask.to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_variants(variants: dict[str, nn.Module], inputs: tuple, repeats: int, warmup: int,
+                  device: torch.device) -> dict[str, list[float]]:
+    """Seconds per forward of each variant; repeats are interleaved across variants so that drifts hit all alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for name, model in variants.items():
+            for _ in range(warmup):
+                model(*inputs)
+            synchronize(device)
+        for repeat in range(repeats):
+            for name, model in variants.items():
+                synchronize(device)
+                start = time.perf_counter()
+                model(*inputs)
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+                logger.info("  latency %s repeat %d/%d: %.1f ms", name, repeat + 1, repeats, 1e3 * times[name][-1])
+    return times
+
+
+def current_rss_kib() -> int:
+    """Resident set size now, in KiB (Linux /proc; falls back to the peak so far elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return peak_rss_kib()
+
+
+def peak_rss_kib() -> int:
+    """ru_maxrss of this process in KiB (Linux reports KiB; macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
+def available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def gflops(flops: float) -> float:
+    return round(flops / 1e9, 3)
+
+
+def rounded(value: float, digits: int = 4) -> float:
+    return round(value, digits)
+
+
+# ------------------------------------------------------------------------------------------------- backbone command
+def memory_worker(args: argparse.Namespace) -> int:
+    """Child process: build one variant, run one forward + backward in train mode, print its memory as JSON."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(available_threads())
+    device = torch.device(args.device)
+    backbone = build_backbone(args.config_file, args.opts)
+    model = build_variant(backbone, args.variant).to(device).train()
+    inputs = make_inputs(args.size, args.text_len, args.batch, backbone.text.model.config.vocab_size,
+                         backbone.size_divisibility, device, seed=args.seed)
+    synchronize(device)
+    result: dict[str, Any] = {"variant": args.variant, "rss_after_build_kib": current_rss_kib(),
+                              "peak_rss_before_kib": peak_rss_kib()}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        result["cuda_allocated_before_bytes"] = torch.cuda.memory_allocated(device)
+    outputs = model(*inputs)
+    loss = sum(output.float().mean() for output in outputs)
+    loss.backward()
+    synchronize(device)
+    result["peak_rss_kib"] = peak_rss_kib()
+    result["rss_growth_kib"] = result["peak_rss_kib"] - result["rss_after_build_kib"]
+    if device.type == "cuda":
+        result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["cuda_growth_bytes"] = result["cuda_peak_allocated_bytes"] - result["cuda_allocated_before_bytes"]
+    emit(result)
+    return 0
+
+
+def measure_memory(args: argparse.Namespace, variant: str, text_len: int) -> dict:
+    """Run `memory_worker` for one variant in a fresh interpreter (ru_maxrss is a per-process high-water mark)."""
+    size = "x".join(map(str, args.memory_size))
+    command = [sys.executable, str(Path(__file__).resolve()), "_memory", "--variant", variant,
+               "--config-file", str(args.config_file), "--size", size, "--text-len", str(text_len),
+               "--batch", str(args.memory_batch), "--device", args.device, "--seed", str(args.seed)]
+    if args.opts:
+        command += ["--opts", *args.opts]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory worker for {variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"memory worker for {variant} printed no result:\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    if result["peak_rss_kib"] <= result["peak_rss_before_kib"]:
+        logger.warning("memory %s: the forward+backward never exceeded the RSS peak reached while building, so its "
+                       "RSS growth is a lower bound", variant)
+    return result
+
+
+def backbone_command(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    threads = available_threads()
+    torch.set_num_threads(threads)
+    device = torch.device(args.device)
+    model_name = Path(args.config_file).stem
+    text_lens = args.text_len or [default_text_len(size) for size in args.sizes]
+    if len(text_lens) == 1:
+        text_lens = text_lens * len(args.sizes)
+    if len(text_lens) != len(args.sizes):
+        raise SystemExit(f"--text-len gives {len(text_lens)} values for {len(args.sizes)} sizes (give 1 or 1 per size)")
+
+    logger.info("building %s (random init) on %s, %d threads", model_name, device, threads)
+    backbone = build_backbone(args.config_file, args.opts).to(device).eval()
+    variants = {name: build_variant(backbone, name).to(device).eval() for name in VARIANTS}
+    vocab = backbone.text.model.config.vocab_size
+
+    for size, text_len in zip(args.sizes, text_lens):
+        inputs = make_inputs(size, text_len, args.batch, vocab, backbone.size_divisibility, device, seed=args.seed)
+        common = {
+            "bench": "backbone", "model": model_name, "size": f"{size[0]}x{size[1]}",
+            "input_size": f"{inputs[0].shape[-2]}x{inputs[0].shape[-1]}", "text_len": text_len,
+            "batch": args.batch, "device": device.type,
+        }
+        if not args.skip_flops:
+            counts = {}
+            for name, model in [*variants.items(), ("lower", LowerForward(backbone))]:
+                logger.info("%s: counting FLOPs of %s", common["size"], name)
+                counts[name] = count_flops(model, inputs)
+            on, off, meter = (counts[name]["total"] for name in ("fusion_on", "fusion_off", "meter"))
+            unsupported = Counter()
+            for count in counts.values():
+                unsupported.update(count["unsupported"])
+            emit({
+                **common, "metric": "flops", "unit": "GFLOPs (1 multiply-add = 1 flop, fvcore)",
+                "fusion_on": gflops(on), "fusion_off": gflops(off), "meter": gflops(meter),
+                "lower": gflops(counts["lower"]["total"]),
+                "fusion_fiber": gflops(on - off), "fusion_meter": gflops(meter - off),
+                "fusion_ratio_fiber_over_meter": rounded((on - off) / (meter - off)),
+                "total_ratio_fiber_over_meter": rounded(on / meter),
+                "lower_share_of_fusion_on": rounded(counts["lower"]["total"] / on),
+                "attention_sdpa": {name: gflops(count["sdpa"]) for name, count in counts.items()},
+                "unsupported_ops": sorted(unsupported),
+            })
+        if not args.skip_latency:
+            logger.info("%s: timing %d warmup + %d repeats per variant", common["size"], args.warmup, args.repeats)
+            times = time_variants(variants, inputs, args.repeats, args.warmup, device)
+            median = {name: statistics.median(values) for name, values in times.items()}
+            fastest = {name: min(values) for name, values in times.items()}
+            emit({
+                **common, "metric": "latency", "unit": "ms", "threads": threads, "repeats": args.repeats,
+                "warmup": args.warmup,
+                **{f"{name}_median": rounded(1e3 * median[name], 2) for name in times},
+                **{f"{name}_min": rounded(1e3 * fastest[name], 2) for name in times},
+                "ratio_fusion_on_over_off": rounded(median["fusion_on"] / median["fusion_off"]),
+                "ratio_meter_over_off": rounded(median["meter"] / median["fusion_off"]),
+                "ratio_fusion_on_over_meter": rounded(median["fusion_on"] / median["meter"]),
+                "min_ratio_fusion_on_over_off": rounded(fastest["fusion_on"] / fastest["fusion_off"]),
+                "min_ratio_meter_over_off": rounded(fastest["meter"] / fastest["fusion_off"]),
+                "min_ratio_fusion_on_over_meter": rounded(fastest["fusion_on"] / fastest["meter"]),
+            })
+        del inputs
+
+    if not args.skip_memory:
+        text_len = args.memory_text_len or default_text_len(args.memory_size)
+        logger.info("memory: one forward+backward of each of %s in fresh processes (%d at a time)",
+                    ", ".join(VARIANTS), args.memory_jobs)
+        with ThreadPoolExecutor(max_workers=args.memory_jobs) as pool:
+            results = dict(zip(VARIANTS, pool.map(lambda variant: measure_memory(args, variant, text_len), VARIANTS)))
+        if device.type == "cuda":
+            measure, key, scale = "torch.cuda.max_memory_allocated growth", "cuda_growth_bytes", 2**20
+        else:
+            measure, key, scale = "ru_maxrss growth over RSS after build (fresh process)", "rss_growth_kib", 2**10
+        peak = {variant: result[key] / scale for variant, result in results.items()}
+        emit({
+            "bench": "backbone", "model": model_name, "size": "x".join(map(str, args.memory_size)),
+            "input_size": "x".join(str(-(-side // backbone.size_divisibility) * backbone.size_divisibility)
+                                   for side in args.memory_size),
+            "text_len": text_len, "batch": args.memory_batch, "device": device.type, "metric": "memory",
+            "mode": "train, one forward+backward, loss = sum of output means", "measure": measure, "unit": "MiB",
+            **{variant: rounded(value, 1) for variant, value in peak.items()},
+            "ratio_fusion_on_over_meter": rounded(peak["fusion_on"] / peak["meter"]),
+            "ratio_fusion_on_over_off": rounded(peak["fusion_on"] / peak["fusion_off"]),
+            "rss_after_build_mib": {
+                variant: rounded(result["rss_after_build_kib"] / 2**10, 1) for variant, result in results.items()
+            },
+        })
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------------- CLI
+def _sizes(text: str) -> list[tuple[int, int]]:
+    return [parse_size(part) for part in text.split(",") if part.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError("values must be positive")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{backbone}")
+
+    bench = commands.add_parser("backbone", help="FLOPs, latency and memory: fused backbone vs METER-style fusion")
+    bench.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"backbone config (default {DEFAULT_CONFIG})")
+    bench.add_argument("--sizes", type=_sizes, default=_sizes(DEFAULT_SIZES),
+                       help=f"comma-separated HEIGHTxWIDTH image sizes (default {DEFAULT_SIZES}); padded to a "
+                            "multiple of 32 like Detectron2 batches")
+    bench.add_argument("--text-len", type=_ints, default=None,
+                       help=f"text tokens per size, comma-separated, or one value for all sizes (default: "
+                            f"{COARSE_TEXT_LEN}, the coarse stage's max text length, for sizes whose longer side is "
+                            f"<= {COARSE_MAX_SIDE}; else {FINE_TEXT_LEN}, the fine stage's padded query length)")
+    bench.add_argument("--batch", type=int, default=1, help="batch size for FLOPs and latency (default 1)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed forwards per variant and size (default 3)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed forwards per variant and size (default 1)")
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                       help="default: cuda when available")
+    bench.add_argument("--skip-flops", action="store_true", help="no FLOP rows")
+    bench.add_argument("--skip-latency", action="store_true", help="no latency rows")
+    bench.add_argument("--skip-memory", action="store_true", help="no memory row")
+    bench.add_argument("--memory-size", type=parse_size, default=(384, 384), help="memory row image size (384x384)")
+    bench.add_argument("--memory-batch", type=int, default=2, help="memory row batch size (default 2)")
+    bench.add_argument("--memory-text-len", type=int, default=None,
+                       help="memory row text length (default: the --text-len rule for --memory-size)")
+    bench.add_argument("--memory-jobs", type=int, default=1,
+                       help="memory processes run at once (default 1; each measures only itself, but together they "
+                            "need that many times the host or GPU memory)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    bench.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                       help="config overrides KEY VALUE ... (must come last)")
+    bench.set_defaults(func=backbone_command)
+
+    # Internal: one memory measurement in a fresh process (used by `backbone`).
+    worker = commands.add_parser("_memory")
+    worker.add_argument("--variant", choices=["fusion_on", "fusion_off", "meter"], required=True)
+    worker.add_argument("--config-file", required=True)
+    worker.add_argument("--size", type=parse_size, required=True)
+    worker.add_argument("--text-len", type=int, required=True)
+    worker.add_argument("--batch", type=int, required=True)
+    worker.add_argument("--device", default="cpu")
+    worker.add_argument("--seed", type=int, default=0)
+    worker.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
+    worker.set_defaults(func=memory_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    if min(getattr(args, name, 1) for name in ("batch", "repeats", "memory_batch", "memory_jobs")) <= 0:
+        raise SystemExit("--batch, --repeats, --memory-batch and --memory-jobs must be positive")
+    if getattr(args, "warmup", 0) < 0:
+        raise SystemExit("--warmup must be >= 0")
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # stray prints must not break the JSON lines
+        code = args.func(args)
+    if args.command != "_memory":
+        logger.info("done in %.1f s", time.perf_counter() - start)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
