@@ -492,3 +492,42 @@ def test_coarse_checkpoint_converts_heads_and_drops_extras(tmp_path, capsys):
     loaded = build(CoarseModel, cfg, seed=7)
     load_with_detectron2(loaded, output)
     assert_same_model(loaded, source)
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_converted_model_matches_an_independent_official_forward(version):
+    """The official computation (tests/official_fiber_reference.py, reading official keys) and our converted model
+    agree: this checks the key table and our fusion semantics together."""
+    from official_fiber_reference import official_fine_backbone_forward
+
+    source = build(FineModel, backbone_cfg(version), seed=11)
+    official = {key[len("module.") :]: value for key, value in official_fine_model(source).items()}
+    loaded = build(FineModel, backbone_cfg(version), seed=12)
+    report = convert_official_state_dict(official)
+    assert report.unmapped == []
+    loaded.load_state_dict(report.state_dict)
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, 64, 96, generator=generator)
+    ids = torch.randint(3, 1000, (2, 9), generator=generator)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:], ids[1, 6:] = 0, 1
+    fiber = backbone_cfg(version).MODEL.FIBER
+    expected_images, expected_text = official_fine_backbone_forward(
+        official,
+        images,
+        ids,
+        mask,
+        depths=fiber.SWIN.DEPTHS,
+        heads=fiber.SWIN.NUM_HEADS,
+        window=fiber.SWIN.WINDOW_SIZE,
+        text_layers=fiber.TEXT.NUM_LAYERS,
+        text_heads=fiber.TEXT.NUM_HEADS,
+        num_fused=fiber.FUSION.NUM_LAYERS,
+        query_norm=version == "v3",
+    )
+    with torch.no_grad():
+        images_out, text_out = loaded.encode(images, ids, mask)
+    assert expected_images.keys() == images_out.keys() == {"res3", "res4", "res5"}
+    for name in expected_images:
+        torch.testing.assert_close(images_out[name], expected_images[name], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(text_out, expected_text, atol=2e-5, rtol=1e-4)
