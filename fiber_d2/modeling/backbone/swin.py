@@ -104,18 +104,24 @@ class WindowAttention(nn.Module):
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def relative_position_bias(self) -> torch.Tensor:
-        """[heads, N, N] with N = window_size**2."""
+        """[1, heads, N, N] with N = window_size**2."""
         n = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
-        return bias.permute(2, 0, 1)
+        return bias.permute(2, 0, 1)[None]
 
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """windows: [B, nW, N, C]; mask: [nW, N, N] additive or None. Returns [B, nW, N, C]."""
+        """windows: [B, nW, N, C]; mask: [nW, N, N] additive or None. Returns [B, nW, N, C].
+
+        Runs as one 4D attention over B*nW windows with a 4D bias: scaled_dot_product_attention takes its fast CPU
+        path for those (5D inputs or a 3D bias were 2-3x slower when measured).
+        """
+        batch, num_windows, n, channels = windows.shape
         bias = self.relative_position_bias()
         if mask is not None:
-            bias = bias + mask[:, None]  # [nW, heads, N, N]
-        query, key, value = self.qkv(windows).chunk(3, dim=-1)
-        return self.proj(multi_head_attention(query, key, value, self.num_heads, bias=bias))
+            bias = (bias + mask[:, None]).repeat(batch, 1, 1, 1)  # [B*nW, heads, N, N], windows batch-major
+        query, key, value = self.qkv(windows.flatten(0, 1)).chunk(3, dim=-1)
+        attended = multi_head_attention(query, key, value, self.num_heads, bias=bias)
+        return self.proj(attended).view(batch, num_windows, n, channels)
 
 
 class SwinBlock(nn.Module):
