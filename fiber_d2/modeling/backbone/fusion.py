@@ -9,7 +9,9 @@ stream's state from before the step (co-attention), then both are replaced.
 Fusion modes per call (`FusionMode`):
   ON             both cross-attentions (the fused model: MLM, ITM, grounding);
   OFF            no cross input at all: two independent encoders (the dual encoder for ITC and retrieval);
-  TEXT_TO_IMAGE  text attends to the image, the image stream runs unfused (captioning).
+  TEXT_TO_IMAGE  text attends to the image, the image stream runs unfused (captioning). Each fused text layer reads
+                 the tokens entering its paired image block, as in the fused model (FIBER's released captioning
+                 model instead lets every fused layer read the final Swin tokens).
 """
 from __future__ import annotations
 
