@@ -531,3 +531,12 @@ def test_converted_model_matches_an_independent_official_forward(version):
     for name in expected_images:
         torch.testing.assert_close(images_out[name], expected_images[name], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(text_out, expected_text, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("stand_ins", [False, True])
+def test_zip_and_legacy_formats_load(tmp_path, stand_ins):
+    tensors = {"model": {"fusion_backbone.x": torch.arange(6.0).view(2, 3)}}
+    for name, zip_format in (("zip.pth", True), ("legacy.pth", False)):
+        torch.save(tensors, tmp_path / name, _use_new_zipfile_serialization=zip_format)
+        loaded = load_checkpoint_file(str(tmp_path / name), stand_in_unknown_globals=stand_ins)
+        torch.testing.assert_close(loaded["model"]["fusion_backbone.x"], tensors["model"]["fusion_backbone.x"])

@@ -91,11 +91,14 @@ def load_checkpoint_file(path: str, stand_in_unknown_globals: bool = False) -> d
 
         return load_file(path, device="cpu")
     pickle_module = _stand_in_pickle_module() if stand_in_unknown_globals else None
+    options = {"weights_only": True} if pickle_module is None else {"weights_only": False, "pickle_module": pickle_module}
     try:
-        if pickle_module is None:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+        try:  # memory-mapped: tensors nobody reads (e.g. the coarse checkpoint's image queue) are never paged in
+            loaded = torch.load(path, map_location="cpu", mmap=True, **options)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            loaded = torch.load(path, map_location="cpu", **options)  # the pre-1.6 (non-zip) format
     except Exception as error:  # torch raises UnpicklingError and others for files it refuses
         raise CheckpointLayoutError(
             f"checkpoint {path!r} cannot be read with weights_only=True (it needs pickled code or is not a "
