@@ -349,3 +349,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_bad_inputs_are_named():
+    backbone = tiny_backbone()
+    ids, mask = text_batch()
+    with pytest.raises(ValueError, match=r"images must be \[batch, 3, height, width\], got \(3, 64, 64\)"):
+        backbone(torch.zeros(3, 64, 64), ids, mask)
+    with pytest.raises(ValueError, match=r"must both be \[batch, tokens\]"):
+        backbone(images(), ids, mask[:, :5])
+    limit = 130 - 2
+    long_ids = torch.full((2, limit + 1), 5)
+    with pytest.raises(ValueError, match=rf"prompt of {limit + 1} tokens is longer than .* {limit} positions"):
+        backbone(images(), long_ids, torch.ones_like(long_ids))
+    with torch.no_grad():
+        backbone(images(), long_ids[:, :limit], torch.ones(2, limit, dtype=torch.long))  # the limit itself works
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 100\).*\[5, 100\]"):
+        backbone(images(), torch.tensor([[5, 100]] * 2), torch.ones(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="image batch 2 and text batch 3 differ"):
+        backbone(images(), *text_batch(batch=3, real=(9, 9, 9)))

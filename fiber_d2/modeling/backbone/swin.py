@@ -306,6 +306,8 @@ class SwinTransformer(nn.Module):
 
     def embed(self, images: torch.Tensor) -> ImageState:
         """images: [B, 3, H, W] (normalised) -> the state before the first block."""
+        if images.dim() != 4 or images.shape[1] != self.patch_embed.proj.in_channels:
+            raise ValueError(f"images must be [batch, 3, height, width], got {tuple(images.shape)}")
         tokens, size = self.patch_embed(images)
         return self._enter_stage(tokens, size, stage=0, outputs={})
 

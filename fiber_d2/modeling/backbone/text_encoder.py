@@ -98,9 +98,22 @@ class RobertaTextEncoder(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> TextState:
         """input_ids, attention_mask: [B, T] -> the state before layer 0. `causal` masks future tokens (decoding)."""
-        if input_ids.shape != attention_mask.shape:
+        if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
             raise ValueError(
-                f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ in shape"
+                f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
+                "[batch, tokens]"
+            )
+        config = self.model.config
+        limit = config.max_position_embeddings - config.pad_token_id - 1  # RoBERTa positions start after padding
+        if input_ids.shape[1] > limit:
+            raise ValueError(
+                f"a prompt of {input_ids.shape[1]} tokens is longer than the text encoder's {limit} positions "
+                "(MODEL.FIBER.TEXT.MAX_POSITIONS); split long prompts into chunks"
+            )
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {config.vocab_size}) (the text encoder's vocabulary), got "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]: is the tokenizer the one the model was built for?"
             )
         hidden = self.model.embeddings(input_ids=input_ids)
         bias = padding_bias(attention_mask, hidden.dtype)
