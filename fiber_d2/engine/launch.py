@@ -84,6 +84,7 @@ def _cpu_worker(
     d2_defaults.create_ddp_model = _create_cpu_ddp_model
     comm.synchronize()
     main_func(*args)
+    comm.synchronize()  # no rank tears gloo down while a peer still talks to it (that aborts the peer)
     dist.destroy_process_group()
 
 
