@@ -24,7 +24,6 @@ def multi_head_attention(
     num_heads: int,
     bias: torch.Tensor | None = None,
     dropout_p: float = 0.0,
-    is_causal: bool = False,
 ) -> torch.Tensor:
     """Scaled dot-product attention over projected inputs.
 
@@ -38,12 +37,10 @@ def multi_head_attention(
         split_heads(value, num_heads),
         attn_mask=bias,
         dropout_p=dropout_p,
-        is_causal=is_causal,
     )
     return merge_heads(out)
 
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, L] mask (1 = token, 0 = padding) -> [B, 1, 1, L] additive bias (0 or the dtype's most negative value)."""
-    bias = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-    return bias
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min

@@ -9,8 +9,6 @@ A caller may run the lower part once and the upper part many times (many prompts
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
@@ -21,8 +19,6 @@ from .fusion import FusionMode, run_fused_layers
 from .swin import ImageState, SwinTransformer
 from .swin_weights import load_swin_weights
 from .text_encoder import RobertaTextEncoder, TextState
-
-logger = logging.getLogger(__name__)
 
 FUSION_VERSIONS = ("v2", "v3")
 
