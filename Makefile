@@ -7,9 +7,8 @@ PY := $(VENV)/bin/python
 INSTALL_INPUTS := constraints.txt requirements.txt setup.py tools/build_detectron2.py
 STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-16)
 DEMO_DIR := output/demo
-DEMO_CONFIG := configs/fiber_shapes/retinanet_R18_baseline.yaml
-# The 5-minute baseline scores its detections low: 0.35 keeps about as many as there are objects.
-DEMO_THRESHOLD := 0.35
+DEMO_CONFIG := configs/fiber_shapes/fiber_tiny_grounding.yaml
+DEMO_THRESHOLD := 0.5
 
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 export HF_HUB_OFFLINE := 1

@@ -12,11 +12,20 @@ def add_fiber_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "SGD"
     # AdamW's (beta1, beta2); FIBER's coarse stage uses (0.9, 0.98).
     cfg.SOLVER.BETAS = (0.9, 0.999)
+    # (regex, factor) pairs: a parameter whose name matches a regex (re.search; first match wins) gets lr x factor.
+    cfg.SOLVER.LR_MULTIPLIERS = ()
 
     # File under OUTPUT_DIR where evaluation writes {dataset_name: {task: {metric: value}}} (merged with earlier runs).
     cfg.TEST.RESULTS_FILE = "results.json"
 
+    # RefExp Precision@k counts a box as a hit at overlap >= 0.5 by "iou", or by "giou" (MDETR's/FIBER's protocol).
+    cfg.TEST.REFEXP_BOX_MATCH = "iou"
+
+    # On a horizontal flip, swap "left"/"right" in grounding captions (spans kept right); False: never flip those.
+    cfg.INPUT.FLIP_SWAP_LEFT_RIGHT = True
+
     _add_backbone_config(cfg)
+    _add_detector_config(cfg)
 
 
 def _add_backbone_config(cfg: CN) -> None:
@@ -77,3 +86,49 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.FREEZE.IMAGE_STAGES = 0
     # Freeze the text embeddings + this many text layers (0: none; -1: the whole text encoder with its fusion).
     cfg.MODEL.FIBER.FREEZE.TEXT_LAYERS = 0
+
+
+def _add_detector_config(cfg: CN) -> None:
+    """MODEL.FIBER.{TOKENIZER,PROMPT,HEAD}: the grounding detector (defaults: FIBER's fine stage, GLIP's VLDyHead)."""
+    # Local tokenizer directory (RoBERTa byte-level BPE, e.g. roberta-base); "$DETECTRON2_DATASETS/..." is expanded.
+    cfg.MODEL.FIBER.TOKENIZER = ""
+    # Longest prompt in tokens, <s> and </s> included (FIBER: 256); batches are padded to their longest prompt only.
+    cfg.MODEL.FIBER.MAX_QUERY_LEN = 256
+
+    cfg.MODEL.FIBER.PROMPT = CN()
+    # Text between category names in a detection prompt (GLIP/FIBER: ". ").
+    cfg.MODEL.FIBER.PROMPT.SEPARATOR = ". "
+    # Category names per prompt at inference; longer vocabularies run chunk by chunk (LVIS: 40); 0 = as many as fit.
+    cfg.MODEL.FIBER.PROMPT.CHUNK_SIZE = 40
+    # Training on detection data: random negative category names added to each image's positives (GLIP: 85).
+    cfg.MODEL.FIBER.PROMPT.TRAIN_NEGATIVES = 85
+    # Training on detection data: shuffle the order of the names in each prompt.
+    cfg.MODEL.FIBER.PROMPT.TRAIN_SHUFFLE = True
+
+    cfg.MODEL.FIBER.HEAD = CN()
+    # DyHead layers (scale-, spatial- and task-aware attention) on the FPN levels (FIBER: 6).
+    cfg.MODEL.FIBER.HEAD.NUM_CONVS = 6
+    # GroupNorm groups after each DyHead convolution.
+    cfg.MODEL.FIBER.HEAD.NORM_GROUPS = 16
+    # Spatial attention: modulated deformable 3x3 convolutions (DCNv2); False: plain 3x3 convolutions.
+    cfg.MODEL.FIBER.HEAD.DEFORMABLE = True
+    # Task-aware attention: dynamic ReLU after each DyHead layer.
+    cfg.MODEL.FIBER.HEAD.DYRELU = True
+    # Prior probability of the alignment logits at init (bias0 = -log((1 - p) / p)).
+    cfg.MODEL.FIBER.HEAD.PRIOR_PROB = 0.01
+    # Weights (dx, dy, dw, dh) of the anchor-to-box transform (ATSS: 10, 10, 5, 5).
+    cfg.MODEL.FIBER.HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # ATSS: candidate anchors per FPN level, the closest by centre distance to each box.
+    cfg.MODEL.FIBER.HEAD.ATSS_TOPK = 9
+    # Token-alignment focal loss: alpha.
+    cfg.MODEL.FIBER.HEAD.FOCAL_ALPHA = 0.25
+    # Token-alignment focal loss: gamma.
+    cfg.MODEL.FIBER.HEAD.FOCAL_GAMMA = 2.0
+    # Weight of the GIoU box loss (FIBER: 2.0).
+    cfg.MODEL.FIBER.HEAD.REG_LOSS_WEIGHT = 2.0
+    # Inference: candidates need a label score above this (FIBER: 0.05; RefExp: 0.0).
+    cfg.MODEL.FIBER.HEAD.SCORE_THRESH_TEST = 0.05
+    # Inference: candidates kept per FPN level before NMS (FIBER: 1000; RefExp: 3000).
+    cfg.MODEL.FIBER.HEAD.PRE_NMS_TOPK_TEST = 1000
+    # Inference: IoU threshold of the per-label NMS.
+    cfg.MODEL.FIBER.HEAD.NMS_THRESH_TEST = 0.6

@@ -340,7 +340,7 @@ def test_ema_flag_converts_model_ema(fine_file, fine_ema, fine_source, tmp_path,
 
 
 def test_unmapped_keys_refused_unless_allow_partial(fine_source, tmp_path, capsys):
-    unmapped = ["rpn.head.bbox_pred.weight", "rpn.head.dot_product_projection_text.weight", "fusion_backbone.made_up"]
+    unmapped = ["rpn.head.made_up.weight", "rpn.head.dyhead_tower.0.made_up", "fusion_backbone.made_up"]
     extra = {f"module.{key}": torch.zeros(2, 2) for key in unmapped}
     source = tmp_path / "with_head.pth"
     torch.save(fine_checkpoint(fine_source, extra=extra), source)
@@ -348,7 +348,7 @@ def test_unmapped_keys_refused_unless_allow_partial(fine_source, tmp_path, capsy
 
     proc = run_cli(source, output, "--stage", "fine")
     assert proc.returncode == 2
-    assert "rpn.head.bbox_pred.weight" in proc.stderr and "--allow-partial" in proc.stderr
+    assert "rpn.head.made_up.weight" in proc.stderr and "--allow-partial" in proc.stderr
     assert proc.stderr.startswith("convert_fiber_checkpoint.py: error: ") and proc.stderr.count("\n") == 1
     assert all(key in proc.stdout for key in unmapped)  # the report names every unmapped key
     assert sorted(os.listdir(tmp_path)) == ["with_head.pth"]  # no output, no temporary file
@@ -360,13 +360,14 @@ def test_unmapped_keys_refused_unless_allow_partial(fine_source, tmp_path, capsy
     assert written.keys() == fine_source.state_dict().keys()
 
 
-def test_function_reports_rpn_head_unmapped_and_anchors_dropped(fine_source):
+def test_function_reports_unknown_head_keys_and_drops_anchors(fine_source):
     state = official_fine_model(fine_source)
-    state["module.rpn.head.bias0"] = torch.zeros(1)
+    state["module.rpn.head.bias1"] = torch.zeros(1)
     state["module.rpn.head.scales.0.scale"] = torch.ones(1)
     report = convert_official_state_dict(state, stage="auto")
     assert report.stage == "fine"
-    assert report.unmapped == ["rpn.head.bias0", "rpn.head.scales.0.scale"]
+    assert report.unmapped == ["rpn.head.bias1"]
+    assert report.state_dict["head.scales.0.scale"] is state["module.rpn.head.scales.0.scale"]
     assert report.dropped[DROP_ANCHORS] == [f"rpn.anchor_generator.cell_anchors.{level}" for level in range(5)]
     norm = state["module.fusion_backbone.backbone.body.norm1.weight"]
     assert report.state_dict["backbone.bottom_up.image.out_norms.res3.weight"] is norm

@@ -34,6 +34,8 @@ def test_every_config_merges(path):
     cfg.merge_from_file(get_config_file(path))
     if path.startswith("backbone/"):  # fragments that full configs include with _BASE_
         assert cfg.MODEL.BACKBONE.NAME == "build_fiber_backbone", path
+    elif path.split("/")[-1].startswith("Base-"):  # shared settings of a family of configs
+        assert cfg.MODEL.META_ARCHITECTURE, path
     else:
         assert cfg.DATASETS.TRAIN and cfg.DATASETS.TEST, path
 

@@ -92,3 +92,24 @@ def test_evaluator_chosen_from_metadata(tmp_path):
     assert isinstance(build_evaluator(_cfg(), "test_engine_coco", str(tmp_path)), COCOEvaluator)
     with pytest.raises(NotImplementedError, match="test_engine_other.*nonexistent"):
         build_evaluator(_cfg(), "test_engine_other")
+
+
+def test_lr_multipliers_scale_matching_parameters_and_reject_unused_regexes():
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BASE_LR = 1e-4
+    cfg.SOLVER.LR_MULTIPLIERS = ((r"^text\.", 0.1), (r"head", 5.0))
+    model = torch.nn.ModuleDict(
+        {"text": torch.nn.Linear(2, 2), "image": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 1)}
+    )
+    optimizer = build_optimizer(cfg, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lrs = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lrs == pytest.approx(
+        {"text.weight": 1e-5, "text.bias": 1e-5, "image.weight": 1e-4, "image.bias": 1e-4,
+         "head.weight": 5e-4, "head.bias": 5e-4}
+    )
+    cfg.SOLVER.LR_MULTIPLIERS = ((r"^language_backbone\.", 0.1),)
+    with pytest.raises(ValueError, match="language_backbone"):
+        build_optimizer(cfg, model)

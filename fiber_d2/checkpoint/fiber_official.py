@@ -20,7 +20,11 @@ Fine stage (maskrcnn_benchmark `model` / `model_ema`: `fusion_backbone.*`, `rpn.
                                                     value}, crossattention_t2i.output.dense and alpha_t2i)
     backbone.fpn_lateral{3,4,5}, backbone.fpn_output{3,4,5}        (official fpn.fpn_inner{2,3,4}, fpn.fpn_layer{2,3,4})
     backbone.top_block.{p6,p7}                                     (official fpn.top_blocks.{p6,p7})
-    rpn.head.*: no rules yet (the detector head comes later), so these keys are reported as unmapped.
+    head.tower.layers.{i}.convs.{j}.{conv,norm}    (rpn.head.dyhead_tower.{i}.DyConv.{j}.{conv,bn}; j: 0 coarser level,
+                                                    1 same level, 2 finer level)
+    head.tower.layers.{i}.{offset,scale_attention.1,dyrelu.fc.{0,2}}   (offset, AttnConv.1, relu.fc.{0,2})
+    head.{bbox_pred,centerness,scales.{l}.scale,log_scale,bias_lang,bias0}   (the same names under rpn.head)
+    head.text_projection                                           (rpn.head.dot_product_projection_text)
 
 Coarse stage (Lightning `state_dict` of fiber_pretrain.ckpt), for a model whose `backbone` is FiberBackbone (no FPN)
 and whose heads sit at the top level:
@@ -37,9 +41,10 @@ and whose heads sit at the top level:
     itc_temperature                       scalar (temp)
 
 Dropped on purpose: non-persistent buffers we rebuild (relative_position_index, attn_mask, RoBERTa position_ids /
-token_type_ids, rpn.anchor_generator cell anchors), the ITC queues and their pointers, `rank_output` (a copy of row
-1 of the ITM head), the unused LayerNorm inside each text cross-attention, the RoBERTa pooler, and the `alpha_t2i`
-that the coarse RoBERTa creates on layers without a cross-attention.
+token_type_ids, rpn.anchor_generator cell anchors), GLIP's frozen class head `rpn.head.cls_logits` (its loss weight is
+0; FIBER scores boxes by token alignment only), the ITC queues and their pointers, `rank_output` (a copy of row 1 of
+the ITM head), the unused LayerNorm inside each text cross-attention, the RoBERTa pooler, and the `alpha_t2i` that the
+coarse RoBERTa creates on layers without a cross-attention.
 """
 from __future__ import annotations
 
@@ -109,6 +114,7 @@ DROP_CROSS_NORM = "unused LayerNorms of the text cross-attention"
 DROP_UNFUSED_ALPHA = "alpha_t2i of text layers without cross-attention (unused)"
 DROP_POOLER = "RoBERTa pooler (unused by FIBER)"
 DROP_ANCHORS = "anchor generator buffers (rebuilt)"
+DROP_CLASS_HEAD = "GLIP's frozen class head rpn.head.cls_logits (loss weight 0, unused)"
 DROP_QUEUES = "ITC queues and queue pointers"
 DROP_RANK_OUTPUT = "rank_output (a copy of the ITM head's row 1)"
 
@@ -177,6 +183,23 @@ FINE_RULES: list[Rule] = [
     Rule(r"fusion_backbone\.backbone\.fpn\.fpn_layer(?P<i>\d)\." + _W, "backbone.fpn_output{i}.{p}", offsets={"i": 1}),
     Rule(r"fusion_backbone\.backbone\.fpn\.top_blocks\.(?P<m>p6|p7)\." + _W, "backbone.top_block.{m}.{p}"),
     Rule(r"rpn\.anchor_generator\..+", None, DROP_ANCHORS),
+    Rule(
+        r"rpn\.head\.dyhead_tower\.(?P<i>\d+)\.DyConv\.(?P<j>\d)\.conv\." + _W,
+        "head.tower.layers.{i}.convs.{j}.conv.{p}",
+    ),
+    Rule(
+        r"rpn\.head\.dyhead_tower\.(?P<i>\d+)\.DyConv\.(?P<j>\d)\.bn\." + _W, "head.tower.layers.{i}.convs.{j}.norm.{p}"
+    ),
+    Rule(r"rpn\.head\.dyhead_tower\.(?P<i>\d+)\.offset\." + _W, "head.tower.layers.{i}.offset.{p}"),
+    Rule(r"rpn\.head\.dyhead_tower\.(?P<i>\d+)\.AttnConv\.1\." + _W, "head.tower.layers.{i}.scale_attention.1.{p}"),
+    Rule(
+        r"rpn\.head\.dyhead_tower\.(?P<i>\d+)\.relu\.fc\.(?P<k>[02])\." + _W, "head.tower.layers.{i}.dyrelu.fc.{k}.{p}"
+    ),
+    Rule(r"rpn\.head\.(?P<m>bbox_pred|centerness)\." + _W, "head.{m}.{p}"),
+    Rule(r"rpn\.head\.scales\.(?P<l>\d+)\.scale", "head.scales.{l}.scale"),
+    Rule(r"rpn\.head\.dot_product_projection_text\." + _W, "head.text_projection.{p}"),
+    Rule(r"rpn\.head\.(?P<m>log_scale|bias_lang|bias0)", "head.{m}"),
+    Rule(r"rpn\.head\.cls_logits\." + _W, None, DROP_CLASS_HEAD),
 ]
 
 COARSE_RULES: list[Rule] = [

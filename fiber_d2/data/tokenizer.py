@@ -1,6 +1,8 @@
-"""Train small RoBERTa-compatible byte-level BPE tokenizers (for synthetic data and tests; no model hub needed)."""
+"""Train small RoBERTa-compatible byte-level BPE tokenizers (for synthetic data and tests), and load tokenizers from
+local directories (no model hub)."""
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Union
 
@@ -46,3 +48,23 @@ def train_roberta_bpe_tokenizer(
     for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", special_map)):
         (out / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def resolve_path(path: str) -> str:
+    """Expand `~` and environment variables; `$DETECTRON2_DATASETS` defaults to "./datasets" as Detectron2's does."""
+    env = dict(os.environ)
+    env.setdefault("DETECTRON2_DATASETS", "datasets")
+    expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), path)
+    return os.path.expanduser(expanded)
+
+
+def load_tokenizer(path: str, config_key: str = "MODEL.FIBER.TOKENIZER"):
+    """A RoBERTa (byte-level BPE) fast tokenizer from a local directory; nothing is downloaded."""
+    from transformers import RobertaTokenizerFast
+
+    if not path:
+        raise FileNotFoundError(f"{config_key} is empty: set it to a local tokenizer directory (e.g. roberta-base)")
+    directory = resolve_path(path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"tokenizer directory {directory!r} (from {config_key} = {path!r}) does not exist")
+    return RobertaTokenizerFast.from_pretrained(directory, local_files_only=True)

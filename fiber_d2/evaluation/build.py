@@ -5,15 +5,26 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, LVISEvaluator
 
+from .flickr30k import FlickrGroundingEvaluator
+from .refexp import RefExpEvaluator
+
 
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
-    """The evaluator for `dataset_name`; COCO uses the pure-Python COCOeval (detectron2 here has no compiled ops)."""
+    """The evaluator for `dataset_name`; COCO uses the pure-Python COCOeval (detectron2 here has no compiled ops).
+
+    "flickr30k": phrase-grounding Recall@k (protocol from the metadata's `merged_gt`); "refexp": Precision@k with
+    boxes matched per `cfg.TEST.REFEXP_BOX_MATCH`.
+    """
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder, use_fast_impl=False)
     if evaluator_type == "lvis":
         return LVISEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+    if evaluator_type == "flickr30k":
+        return FlickrGroundingEvaluator(dataset_name, output_dir=output_folder)
+    if evaluator_type == "refexp":
+        return RefExpEvaluator(dataset_name, match=cfg.TEST.REFEXP_BOX_MATCH, output_dir=output_folder)
     raise NotImplementedError(
         f"No evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "
-        "supported evaluator types: 'coco', 'lvis'"
+        "supported evaluator types: 'coco', 'lvis', 'flickr30k', 'refexp'"
     )

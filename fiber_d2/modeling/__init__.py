@@ -1,4 +1,12 @@
 """fiber_d2 models; importing this registers them with Detectron2's registries."""
-from .backbone import FiberBackbone, FusionMode, build_fiber_backbone
+from .backbone import FiberBackbone, FiberFPN, FusionMode, build_fiber_backbone, build_fiber_fpn_backbone
+from .meta_arch import FiberGroundingDetector
 
-__all__ = ["FiberBackbone", "FusionMode", "build_fiber_backbone"]
+__all__ = [
+    "FiberBackbone",
+    "FiberFPN",
+    "FiberGroundingDetector",
+    "FusionMode",
+    "build_fiber_backbone",
+    "build_fiber_fpn_backbone",
+]

@@ -1,4 +1,9 @@
-"""Optimizers selected by `SOLVER.OPTIMIZER`."""
+"""Optimizers selected by `SOLVER.OPTIMIZER`, with per-parameter lr factors from `SOLVER.LR_MULTIPLIERS`."""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -13,6 +18,7 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
+    apply_lr_multipliers(params, model, cfg.SOLVER.LR_MULTIPLIERS)
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "SGD":
         optimizer_class = torch.optim.SGD
@@ -22,6 +28,60 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         kwargs = {"betas": tuple(cfg.SOLVER.BETAS)}
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
-    return maybe_add_gradient_clipping(cfg, optimizer_class)(
-        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs
-    )
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        optimizer_class = with_full_model_gradient_clipping(optimizer_class, clip.CLIP_VALUE, clip.NORM_TYPE)
+    else:
+        optimizer_class = maybe_add_gradient_clipping(cfg, optimizer_class)
+    return optimizer_class(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs)
+
+
+def with_full_model_gradient_clipping(
+    optimizer_class: type[torch.optim.Optimizer], max_norm: float, norm_type: float = 2.0
+) -> type[torch.optim.Optimizer]:
+    """An optimizer class whose step() first clips the norm of all gradients together (FIBER/GLIP: L2 norm 1.0).
+
+    Detectron2's CLIP_TYPE "value" / "norm" clip each parameter separately; CLIP_TYPE "full_model" selects this.
+    """
+
+    class FullModelClippedOptimizer(optimizer_class):
+        def step(self, closure=None):
+            parameters = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type)
+            return super().step(closure)
+
+    FullModelClippedOptimizer.__name__ = f"{optimizer_class.__name__}WithFullModelClipping"
+    return FullModelClippedOptimizer
+
+
+def apply_lr_multipliers(
+    param_groups: list[dict], model: torch.nn.Module, multipliers: Sequence[Sequence]
+) -> None:
+    """Multiply the lr of each group's parameters whose name matches a (regex, factor) pair; first match wins.
+
+    Groups with several parameters are split so that each parameter gets its own factor. A regex that matches no
+    trainable parameter is an error (a typo would otherwise silently train at the wrong rate).
+    """
+    if not multipliers:
+        return
+    rules = []
+    for rule in multipliers:
+        if len(rule) != 2:
+            raise ValueError(f"SOLVER.LR_MULTIPLIERS entries are (regex, factor) pairs, got {rule!r}")
+        rules.append((re.compile(rule[0]), float(rule[1])))
+    names = {id(p): n for n, p in model.named_parameters()}
+    used = set()
+    split_groups = []
+    for group in param_groups:
+        for parameter in group["params"]:
+            new_group = {**group, "params": [parameter]}
+            for index, (pattern, factor) in enumerate(rules):
+                if pattern.search(names[id(parameter)]):
+                    new_group["lr"] = group["lr"] * factor
+                    used.add(index)
+                    break
+            split_groups.append(new_group)
+    unused = [multipliers[i][0] for i in range(len(rules)) if i not in used]
+    if unused:
+        raise ValueError(f"SOLVER.LR_MULTIPLIERS regexes {unused} match no trainable parameter of the model")
+    param_groups[:] = split_groups

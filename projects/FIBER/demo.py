@@ -2,9 +2,12 @@
 """Draw a trained model's detections on images with Detectron2's Visualizer.
 
     python projects/FIBER/demo.py --config-file C --input img1.jpg "images/*.jpg" --output out_dir \
-        [--confidence-threshold 0.5] [--max-inputs N] [--opts MODEL.WEIGHTS model_final.pth]
+        [--prompt "red circle. blue star"] [--confidence-threshold 0.5] [--max-inputs N] \
+        [--opts MODEL.WEIGHTS model_final.pth]
 
-Each input image is written to `out_dir` under its own file name with boxes, class names and scores drawn.
+Each input image is written to `out_dir` under its own file name with boxes, phrase (or class) names and scores
+drawn. A FIBER grounding model detects the phrases of `--prompt` (names separated by ". "); without it, the names
+of the first test dataset's categories.
 """
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ import time
 import cv2
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 import fiber_d2.data.datasets  # noqa: F401  (registers the datasets, for class names)
 from fiber_d2.config import add_fiber_config
+from fiber_d2.engine.predictor import FiberPredictor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", required=True, help="image files or glob patterns")
     parser.add_argument("--output", required=True, help="directory for the visualised images")
+    parser.add_argument("--prompt", help='phrases to detect, separated by ". " (FIBER grounding models)')
     parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw detections scoring at least this")
     parser.add_argument("--max-inputs", type=int, default=None, help="use only the first N inputs (sorted)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
@@ -54,8 +60,21 @@ def main(argv: list[str] | None = None) -> None:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    if cfg.MODEL.META_ARCHITECTURE == "FiberGroundingDetector":
+        prompt = args.prompt or metadata.get("thing_classes")
+        if not prompt:
+            raise ValueError("a FIBER grounding model needs --prompt (the first test dataset has no category names)")
+        fiber_predictor = FiberPredictor(cfg)
+        metadata = Metadata(name="prompt", thing_classes=list(fiber_predictor.prompt_names(prompt)))
+
+        def predictor(image):
+            return fiber_predictor(image, prompt)
+
+    else:
+        if args.prompt:
+            raise ValueError(f"--prompt needs a FIBER grounding model; the config builds {cfg.MODEL.META_ARCHITECTURE}")
+        predictor = DefaultPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     for path in expand_inputs(args.input, args.max_inputs):
         try:
@@ -75,5 +94,5 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"demo.py: error: {e}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train and evaluate fiber_d2 models with Detectron2's DefaultTrainer.
 
-    python projects/FIBER/train_net.py --config-file configs/fiber_shapes/retinanet_R18_baseline.yaml
+    python projects/FIBER/train_net.py --config-file configs/fiber_shapes/fiber_tiny_grounding.yaml
     python projects/FIBER/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/model_final.pth
     python projects/FIBER/train_net.py --config-file C --num-gpus 2   # 2 processes: GPUs with NCCL, else CPU with gloo
 
@@ -17,14 +17,31 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.utils import comm
 
 from fiber_d2.config import add_fiber_config
+from fiber_d2.data import PromptError, build_grounding_test_loader, build_grounding_train_loader
 from fiber_d2.data.datasets import DatasetFormatError  # importing the package registers the datasets
 from fiber_d2.engine import launch
 from fiber_d2.evaluation import build_evaluator, save_results_json
+from fiber_d2.modeling import FiberGroundingDetector  # importing the package registers the models
 from fiber_d2.solver import build_optimizer
 
 
+def is_grounding_model(cfg) -> bool:
+    """Whether the model reads prompts (FIBER's grounding detector) rather than Detectron2's detection inputs."""
+    return cfg.MODEL.META_ARCHITECTURE == FiberGroundingDetector.__name__
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with fiber_d2's evaluators, optimizers and results file."""
+    """DefaultTrainer with fiber_d2's data loaders (prompts), evaluators, optimizers and results file."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_grounding_train_loader(cfg) if is_grounding_model(cfg) else super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        if is_grounding_model(cfg):
+            return build_grounding_test_loader(cfg, dataset_name)
+        return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -78,5 +95,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (FileNotFoundError, DatasetFormatError) as e:  # bad data or paths: the message names the file and record
+    except (FileNotFoundError, DatasetFormatError, PromptError) as e:  # bad data or paths: the message names them
         sys.exit(f"train_net.py: error: {e}")

@@ -1,0 +1,55 @@
+"""Data loaders of the grounding detector: Detectron2's loaders with GroundingDatasetMapper."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+
+from .grounding_mapper import GroundingDatasetMapper
+
+logger = logging.getLogger(__name__)
+
+
+def load_grounding_dataset_dicts(names: Sequence[str], filter_empty: bool = False) -> list[dict]:
+    """The records of the registered datasets `names`, in order; each a shallow copy with `source_dataset` = its
+    dataset's name (the mapper reads that dataset's category names for detection records). With `filter_empty`,
+    records without a non-crowd annotation are left out (Detectron2's DATALOADER.FILTER_EMPTY_ANNOTATIONS)."""
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ValueError("no dataset names given")
+    dicts = []
+    for name in names:
+        records = DatasetCatalog.get(name)
+        if not records:
+            raise ValueError(f"dataset {name!r} is empty")
+        dicts.extend({**record, "source_dataset": name} for record in records)
+    if filter_empty:
+        before = len(dicts)
+        dicts = [r for r in dicts if any(a.get("iscrowd", 0) == 0 for a in r.get("annotations", []))]
+        if len(dicts) < before:
+            logger.info("Removed %d images with no usable annotations; %d images left", before - len(dicts), len(dicts))
+    return dicts
+
+
+def build_grounding_train_loader(cfg: CfgNode):
+    """An infinite loader of training batches (lists of GroundingDatasetMapper outputs) over all DATASETS.TRAIN."""
+    dataset = load_grounding_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    return build_detection_train_loader(
+        dataset,
+        mapper=GroundingDatasetMapper(cfg, True),
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def build_grounding_test_loader(cfg: CfgNode, dataset_name: str):
+    """Detectron2's inference loader (batch 1, each record once across processes) for one dataset."""
+    return build_detection_test_loader(
+        load_grounding_dataset_dicts([dataset_name]),
+        mapper=GroundingDatasetMapper(cfg, False, dataset_name=dataset_name),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
