@@ -29,7 +29,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from .phrases import grounding_phrases, phrase_annotation_indices
-from .positive_map import PromptError, char_spans_to_token_map, encode_prompt, encode_prompt_with_cut, fits
+from .positive_map import PromptError, char_spans_to_token_map, encode_prompt, encode_prompt_with_cut
 from .prompts import PromptChunk, clean_category_name, training_detection_prompt, vocabulary_chunks
 from .tokenizer import load_tokenizer
 
@@ -262,7 +262,8 @@ class GroundingDatasetMapper:
 
     def _grounding_chunk(self, record: dict, where: str) -> PromptChunk:
         caption = record["caption"]
-        if not fits(self.tokenizer, caption, self.max_query_len):
+        input_ids, offsets, cut = encode_prompt_with_cut(self.tokenizer, caption, self.max_query_len)
+        if cut < len(caption):
             raise PromptError(
                 f"{where}: the caption is longer than MODEL.FIBER.MAX_QUERY_LEN = {self.max_query_len} tokens "
                 f"(with <s> and </s>): {caption[:200]!r}"
@@ -270,7 +271,6 @@ class GroundingDatasetMapper:
         phrases = grounding_phrases(record)
         if not phrases:
             raise PromptError(f"{where}: the record has no phrase to ground (no tokens_positive)")
-        input_ids, offsets = encode_prompt(self.tokenizer, caption, self.max_query_len)
         label_token_map = char_spans_to_token_map(
             offsets, phrases, len(input_ids), [f"{where}, phrase {p}" for p in range(len(phrases))], caption
         )
