@@ -26,6 +26,8 @@ def add_fiber_config(cfg: CN) -> None:
 
     _add_backbone_config(cfg)
     _add_detector_config(cfg)
+    _add_vl_input_config(cfg)
+    _add_coarse_config(cfg)
 
 
 def _add_backbone_config(cfg: CN) -> None:
@@ -116,6 +118,8 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.HEAD.DYRELU = True
     # Prior probability of the alignment logits at init (bias0 = -log((1 - p) / p)).
     cfg.MODEL.FIBER.HEAD.PRIOR_PROB = 0.01
+    # Initial log temperature of the alignment logits (divided by exp of it; GLIP/FIBER: 0, learnable).
+    cfg.MODEL.FIBER.HEAD.LOG_SCALE_INIT = 0.0
     # Weights (dx, dy, dw, dh) of the anchor-to-box transform (ATSS: 10, 10, 5, 5).
     cfg.MODEL.FIBER.HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     # ATSS: candidate anchors per FPN level, the closest by centre distance to each box.
@@ -132,3 +136,56 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.HEAD.PRE_NMS_TOPK_TEST = 1000
     # Inference: IoU threshold of the per-label NMS.
     cfg.MODEL.FIBER.HEAD.NMS_THRESH_TEST = 0.6
+
+
+def _add_vl_input_config(cfg: CN) -> None:
+    """INPUT.VL: the coarse stage's image-text inputs (defaults: FIBER's pre-training, 384x384, 40 tokens)."""
+    cfg.INPUT.VL = CN()
+    # Side of the square images of the coarse stage and the image-level tasks, in pixels (FIBER: 384; VQA 576).
+    cfg.INPUT.VL.IMAGE_SIZE = 384
+    # Training: random resized crop keeps this range of the image's area (1.0, 1.0: plain resize, FIBER's setting).
+    cfg.INPUT.VL.CROP_SCALE = (0.5, 1.0)
+    # Training: flip horizontally with probability 0.5 (captions with "left"/"right" get the words swapped).
+    cfg.INPUT.VL.RANDOM_FLIP = True
+    # Longest caption or question in tokens, <s> and </s> included (FIBER: 40); longer ones are truncated.
+    cfg.INPUT.VL.MAX_TEXT_LEN = 40
+    # MLM: fraction of the (non-special) tokens chosen for prediction; of those 80% <mask>, 10% random, 10% kept.
+    cfg.INPUT.VL.MLM_PROBABILITY = 0.15
+    # VQA: answers given by fewer than this many training questions' annotators are left out of the vocabulary.
+    cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT = 1
+
+
+def _add_coarse_config(cfg: CN) -> None:
+    """MODEL.FIBER.COARSE (FiberCoarseModel) and COARSE_STAGE (the hook that runs it inside a detector's training)."""
+    cfg.MODEL.FIBER.COARSE = CN()
+    # Coarse-stage objectives, any of "itc" (fusion off), "itm" and "mlm" (fusion on).
+    cfg.MODEL.FIBER.COARSE.OBJECTIVES = ("itc", "itm", "mlm")
+    # Initial ITC temperature (learnable, clamped to [0.001, 1]).
+    cfg.MODEL.FIBER.COARSE.ITC_TEMPERATURE = 0.07
+    # Detached ITC embeddings kept as extra negatives (FIBER: 4096); 0 disables the queue.
+    cfg.MODEL.FIBER.COARSE.ITC_QUEUE_SIZE = 0
+
+    cfg.COARSE_STAGE = CN()
+    # Run the coarse stage (FiberCoarseModel on the detector's backbone) inside a detector's train_net.py run.
+    cfg.COARSE_STAGE.ENABLED = False
+    # "before": all coarse iterations before the first fine one (FIBER's recipe); "interleave": one coarse
+    # iteration after every COARSE_STAGE.PERIOD fine iterations.
+    cfg.COARSE_STAGE.MODE = "before"
+    # "interleave" mode: fine iterations between two coarse iterations.
+    cfg.COARSE_STAGE.PERIOD = 1
+    # Image-text datasets of the coarse stage (records with `captions`).
+    cfg.COARSE_STAGE.DATASETS = ()
+    # Coarse iterations in all.
+    cfg.COARSE_STAGE.MAX_ITER = 0
+    # Images per coarse batch over all processes.
+    cfg.COARSE_STAGE.IMS_PER_BATCH = 8
+    # AdamW learning rate of the coarse stage (FIBER: 1e-5 at batch 4096), with linear warmup then cosine decay.
+    cfg.COARSE_STAGE.BASE_LR = 1e-4
+    # AdamW weight decay of the coarse stage (FIBER: 0.01).
+    cfg.COARSE_STAGE.WEIGHT_DECAY = 0.01
+    # Coarse iterations of linear warmup (FIBER: 10% of the schedule).
+    cfg.COARSE_STAGE.WARMUP_ITERS = 0
+    # "before" mode: save a checkpoint every this many coarse iterations (and at the end); resumable.
+    cfg.COARSE_STAGE.CHECKPOINT_PERIOD = 1000
+    # Write the coarse losses to metrics.json / TensorBoard every this many coarse iterations.
+    cfg.COARSE_STAGE.LOG_PERIOD = 20

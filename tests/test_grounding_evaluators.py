@@ -176,4 +176,4 @@ def test_build_evaluator_from_metadata(register):
     refexp = build_evaluator(cfg, refexp_name)
     assert isinstance(refexp, RefExpEvaluator) and refexp.match == "giou"
     with pytest.raises(NotImplementedError, match="'flickr30k', 'refexp'"):
-        build_evaluator(cfg, register([], evaluator_type="vqa"))
+        build_evaluator(cfg, register([], evaluator_type="nonexistent"))

@@ -1,6 +1,12 @@
 """Datasets, formats, prompts and data mappers."""
 from . import datasets  # noqa: F401  (importing the package registers the datasets)
-from .build import build_grounding_test_loader, build_grounding_train_loader, load_grounding_dataset_dicts
+from .build import (
+    build_grounding_test_loader,
+    build_grounding_train_loader,
+    build_vl_test_loader,
+    build_vl_train_loader,
+    load_grounding_dataset_dicts,
+)
 from .grounding_mapper import GroundingDatasetMapper, swap_left_right
 from .positive_map import PromptError, char_spans_to_token_map, encode_prompt
 from .prompts import (
@@ -11,19 +17,25 @@ from .prompts import (
     vocabulary_chunks,
 )
 from .tokenizer import load_tokenizer
+from .vl_mapper import VLDatasetMapper, build_answer_vocabulary, mask_tokens
 
 __all__ = [
     "GroundingDatasetMapper",
     "PromptChunk",
     "PromptError",
+    "VLDatasetMapper",
+    "build_answer_vocabulary",
     "build_grounding_test_loader",
     "build_grounding_train_loader",
+    "build_vl_test_loader",
+    "build_vl_train_loader",
     "char_spans_to_token_map",
     "clean_category_name",
     "detection_prompt",
     "encode_prompt",
     "load_grounding_dataset_dicts",
     "load_tokenizer",
+    "mask_tokens",
     "swap_left_right",
     "training_detection_prompt",
     "vocabulary_chunks",

@@ -1,4 +1,4 @@
-"""Data loaders of the grounding detector: Detectron2's loaders with GroundingDatasetMapper."""
+"""Data loaders: Detectron2's loaders with GroundingDatasetMapper (the detector) or VLDatasetMapper (coarse stage)."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +8,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 
 from .grounding_mapper import GroundingDatasetMapper
+from .vl_mapper import VLDatasetMapper
 
 logger = logging.getLogger(__name__)
 
@@ -51,5 +52,27 @@ def build_grounding_test_loader(cfg: CfgNode, dataset_name: str):
     return build_detection_test_loader(
         load_grounding_dataset_dicts([dataset_name]),
         mapper=GroundingDatasetMapper(cfg, False, dataset_name=dataset_name),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def build_vl_train_loader(
+    cfg: CfgNode, dataset_names: Sequence[str], total_batch_size: int, task: str = "pretrain"
+):
+    """An infinite loader of coarse-stage training batches (lists of VLDatasetMapper outputs, images S x S)."""
+    return build_detection_train_loader(
+        load_grounding_dataset_dicts(dataset_names),
+        mapper=VLDatasetMapper(cfg, True, task=task),
+        total_batch_size=total_batch_size,
+        aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def build_vl_test_loader(cfg: CfgNode, dataset_name: str, task: str = "retrieval"):
+    """Detectron2's inference loader (batch 1, each record once across processes) with VLDatasetMapper."""
+    return build_detection_test_loader(
+        load_grounding_dataset_dicts([dataset_name]),
+        mapper=VLDatasetMapper(cfg, False, task=task),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )

@@ -5,15 +5,19 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, LVISEvaluator
 
+from .caption import CaptionEvaluator
 from .flickr30k import FlickrGroundingEvaluator
 from .refexp import RefExpEvaluator
+from .retrieval import RetrievalEvaluator
+from .vqa import VQAEvaluator
 
 
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
     """The evaluator for `dataset_name`; COCO uses the pure-Python COCOeval (detectron2 here has no compiled ops).
 
     "flickr30k": phrase-grounding Recall@k (protocol from the metadata's `merged_gt`); "refexp": Precision@k with
-    boxes matched per `cfg.TEST.REFEXP_BOX_MATCH`.
+    boxes matched per `cfg.TEST.REFEXP_BOX_MATCH`; "retrieval": image-text Recall@k both ways (no ITM re-ranking);
+    "vqa": VQA accuracy; "caption": CIDEr-D.
     """
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
     if evaluator_type == "coco":
@@ -24,7 +28,13 @@ def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None =
         return FlickrGroundingEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "refexp":
         return RefExpEvaluator(dataset_name, match=cfg.TEST.REFEXP_BOX_MATCH, output_dir=output_folder)
+    if evaluator_type == "retrieval":
+        return RetrievalEvaluator(dataset_name, output_dir=output_folder)
+    if evaluator_type == "vqa":
+        return VQAEvaluator(dataset_name, output_dir=output_folder)
+    if evaluator_type == "caption":
+        return CaptionEvaluator(dataset_name, output_dir=output_folder)
     raise NotImplementedError(
         f"No evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); "
-        "supported evaluator types: 'coco', 'lvis', 'flickr30k', 'refexp'"
+        "supported evaluator types: 'coco', 'lvis', 'flickr30k', 'refexp', 'retrieval', 'vqa', 'caption'"
     )

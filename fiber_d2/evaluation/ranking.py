@@ -14,9 +14,10 @@ from typing import Any, Callable, Sequence
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
+
+from .distributed import gather_unique
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +88,9 @@ class RankEvaluator(DatasetEvaluator):
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """`{task: {"<prefix>@k": percent}}` on the main process, over the records seen by any process; {} elsewhere."""
-        gathered = comm.gather(self._ranks, dst=0)
-        if not comm.is_main_process():
+        ranks_by_id = gather_unique(self._ranks)
+        if ranks_by_id is None:
             return {}
-        ranks_by_id: dict[Any, list[tuple[int, int | None]]] = {}
-        for ranks in gathered:  # a record seen by several processes (inference padding) counts once
-            for image_id, record_ranks in ranks.items():
-                ranks_by_id.setdefault(image_id, record_ranks)
         unseen = len(self._records().keys() - ranks_by_id.keys())
         if unseen:
             logger.warning(

@@ -31,7 +31,10 @@ class LevelScale(nn.Module):
 
 
 class GroundingHead(nn.Module):
-    """DyHead tower + 1x1 box/centerness predictors + token alignment logits; one anchor per location."""
+    """DyHead tower + 1x1 box/centerness predictors + token alignment logits; one anchor per location.
+
+    log_scale: initial value of the learnable log temperature (GLIP/FIBER: 0; negative values sharpen the logits).
+    """
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class GroundingHead(nn.Module):
         deformable: bool = True,
         dyrelu: bool = True,
         prior_prob: float = 0.01,
+        log_scale: float = 0.0,
     ) -> None:
         super().__init__()
         self.tower = DyHeadTower(channels, num_convs, norm_groups=norm_groups, deformable=deformable, dyrelu=dyrelu)
@@ -51,7 +55,7 @@ class GroundingHead(nn.Module):
         self.centerness = Conv2d(channels, 1, kernel_size=1)
         self.scales = nn.ModuleList(LevelScale() for _ in range(num_levels))
         self.text_projection = nn.Linear(text_dim, channels)
-        self.log_scale = nn.Parameter(torch.zeros(1))
+        self.log_scale = nn.Parameter(torch.tensor([float(log_scale)]))
         self.bias_lang = nn.Parameter(torch.zeros(text_dim))
         self.bias0 = nn.Parameter(torch.tensor([-math.log((1 - prior_prob) / prior_prob)]))
         for layer in (self.bbox_pred, self.centerness):

@@ -103,6 +103,7 @@ class FiberGroundingDetector(nn.Module):
                 deformable=head_cfg.DEFORMABLE,
                 dyrelu=head_cfg.DYRELU,
                 prior_prob=head_cfg.PRIOR_PROB,
+                log_scale=head_cfg.LOG_SCALE_INIT,
             ),
             "head_in_features": head_in_features,
             "anchor_generator": build_anchor_generator(cfg, shapes),

@@ -17,11 +17,18 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.utils import comm
 
 from fiber_d2.config import add_fiber_config
-from fiber_d2.data import PromptError, build_grounding_test_loader, build_grounding_train_loader
+from fiber_d2.data import (
+    PromptError,
+    build_grounding_test_loader,
+    build_grounding_train_loader,
+    build_vl_test_loader,
+    build_vl_train_loader,
+)
 from fiber_d2.data.datasets import DatasetFormatError  # importing the package registers the datasets
 from fiber_d2.engine import launch
+from fiber_d2.engine.coarse_hook import CoarseStageHook
 from fiber_d2.evaluation import build_evaluator, save_results_json
-from fiber_d2.modeling import FiberGroundingDetector  # importing the package registers the models
+from fiber_d2.modeling import FiberCoarseModel, FiberGroundingDetector  # importing registers the models
 from fiber_d2.solver import build_optimizer
 
 
@@ -30,17 +37,37 @@ def is_grounding_model(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == FiberGroundingDetector.__name__
 
 
+def is_coarse_model(cfg) -> bool:
+    """Whether the model is FIBER's coarse stage alone (image-text pairs, retrieval evaluation)."""
+    return cfg.MODEL.META_ARCHITECTURE == FiberCoarseModel.__name__
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with fiber_d2's data loaders (prompts), evaluators, optimizers and results file."""
+    """DefaultTrainer with fiber_d2's data loaders (prompts, image-text pairs), evaluators, optimizers, results file
+    and the coarse-stage hook (COARSE_STAGE.ENABLED)."""
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if self.cfg.COARSE_STAGE.ENABLED:
+            coarse_stage = CoarseStageHook(self.cfg, self.model)
+            coarse_stage.register_with(self.checkpointer)
+            hooks.insert(0, coarse_stage)
+        return hooks
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_grounding_train_loader(cfg) if is_grounding_model(cfg) else super().build_train_loader(cfg)
+        if is_grounding_model(cfg):
+            return build_grounding_train_loader(cfg)
+        if is_coarse_model(cfg):
+            return build_vl_train_loader(cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH)
+        return super().build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         if is_grounding_model(cfg):
             return build_grounding_test_loader(cfg, dataset_name)
+        if is_coarse_model(cfg):
+            return build_vl_test_loader(cfg, dataset_name)
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod

@@ -130,6 +130,14 @@ class FiberBackbone(Backbone):
         image_state, text_state = run_fused_layers(self.image, self.text, image_state, text_state, self.num_fused, fusion)
         return image_state.outputs, text_state.hidden
 
+    def finish_image_unfused(self, image_state: ImageState) -> dict[str, torch.Tensor]:
+        """The fused blocks without text (the dual encoder's image side) -> image features {name: [B, C, H, W]}."""
+        return self.image.run(image_state, self.num_fused).outputs
+
+    def finish_text_unfused(self, text_state: TextState) -> torch.Tensor:
+        """The fused layers without the image (the dual encoder's text side) -> text hidden states [B, T, D]."""
+        return self.text.run(text_state, self.num_fused).hidden
+
     def forward(
         self,
         images: torch.Tensor,

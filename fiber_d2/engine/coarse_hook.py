@@ -1,0 +1,195 @@
+"""CoarseStageHook: FIBER's coarse stage (ITC/ITM/MLM on image-text pairs) inside a detector's train_net.py run.
+
+The hook wraps the trainer's detector backbone in a FiberCoarseModel (the weights are shared, not copied), with its
+own loader (VLDatasetMapper), AdamW optimizer and warmup-cosine schedule (COARSE_STAGE.*):
+  "before"      all coarse iterations run in `before_train`, as FIBER's recipe (coarse, then fine from its weights).
+                A checkpoint `model_coarse_<iter>.pth` is saved every CHECKPOINT_PERIOD iterations and at the end
+                (`model_coarse_final.pth`); it holds the detector (with the coarse-trained backbone) and the hook's
+                state, so `--resume` continues an interrupted coarse stage.
+  "interleave"  one coarse iteration after every PERIOD fine iterations, until MAX_ITER coarse iterations ran.
+The hook's state (heads, queue, optimizer, schedule, iteration, the ITM negatives' generator) is a checkpointable of the trainer's checkpointer
+(key "coarse_stage"); register it with `register_with(checkpointer)`.
+Losses go to the metrics as `coarse/loss_*`, `coarse/total_loss`, `coarse/lr`: in "interleave" mode into the trainer's
+EventStorage at the fine iteration; in "before" mode into an EventStorage of the coarse iterations, written to the
+same metrics.json and TensorBoard directory.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import HookBase
+from detectron2.solver import build_lr_scheduler
+from detectron2.solver.build import get_default_optimizer_params
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import build_vl_train_loader
+from ..modeling.coarse_model import FiberCoarseModel
+
+logger = logging.getLogger(__name__)
+
+MODES = ("before", "interleave")
+
+
+def coarse_solver_cfg(cfg: CfgNode) -> CfgNode:
+    """A copy of `cfg` whose SOLVER holds the coarse schedule (for Detectron2's `build_lr_scheduler`)."""
+    coarse = cfg.COARSE_STAGE
+    solver_cfg = cfg.clone()
+    solver_cfg.defrost()
+    solver_cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+    solver_cfg.SOLVER.MAX_ITER = coarse.MAX_ITER
+    solver_cfg.SOLVER.BASE_LR = coarse.BASE_LR
+    solver_cfg.SOLVER.WARMUP_ITERS = coarse.WARMUP_ITERS
+    solver_cfg.SOLVER.WARMUP_FACTOR = 0.001
+    solver_cfg.SOLVER.WARMUP_METHOD = "linear"
+    solver_cfg.SOLVER.STEPS = ()
+    solver_cfg.freeze()
+    return solver_cfg
+
+
+class CoarseStageHook(HookBase):
+    """Runs FiberCoarseModel on the detector's backbone before or between the fine iterations (module docstring)."""
+
+    checkpoint_key = "coarse_stage"
+
+    def __init__(self, cfg: CfgNode, model: torch.nn.Module) -> None:
+        coarse = cfg.COARSE_STAGE
+        if coarse.MODE not in MODES:
+            raise ValueError(f"COARSE_STAGE.MODE must be one of {MODES}, got {coarse.MODE!r}")
+        if coarse.MAX_ITER <= 0 or not coarse.DATASETS:
+            raise ValueError("COARSE_STAGE.ENABLED needs COARSE_STAGE.MAX_ITER > 0 and COARSE_STAGE.DATASETS")
+        if coarse.MODE == "interleave" and coarse.PERIOD < 1:
+            raise ValueError(f"COARSE_STAGE.PERIOD must be >= 1, got {coarse.PERIOD}")
+        world_size = comm.get_world_size()
+        if coarse.IMS_PER_BATCH % world_size:
+            raise ValueError(f"COARSE_STAGE.IMS_PER_BATCH ({coarse.IMS_PER_BATCH}) must divide by the {world_size} processes")
+        detector = model.module if isinstance(model, DistributedDataParallel) else model
+        self.cfg = cfg
+        self.mode = coarse.MODE
+        self.period = coarse.PERIOD
+        self.max_iter = coarse.MAX_ITER
+        self.log_period = coarse.LOG_PERIOD
+        self.checkpoint_period = coarse.CHECKPOINT_PERIOD
+        self.model = FiberCoarseModel(cfg, backbone=detector.backbone).to(detector.device)
+        self.model.train()
+        self.model.itm_generator = torch.Generator(device=detector.device).manual_seed(max(cfg.SEED, 0))
+        params = get_default_optimizer_params(
+            self.model, base_lr=coarse.BASE_LR, weight_decay=coarse.WEIGHT_DECAY, weight_decay_norm=0.0,
+            weight_decay_bias=0.0,
+        )
+        self.optimizer = torch.optim.AdamW(params, lr=coarse.BASE_LR, betas=tuple(cfg.SOLVER.BETAS))
+        self.scheduler = build_lr_scheduler(coarse_solver_cfg(cfg), self.optimizer)
+        self.iter = 0
+        self._data = None
+
+    # ----- checkpointing -----
+
+    def register_with(self, checkpointer: DetectionCheckpointer) -> None:
+        """Make the hook's state part of the trainer's checkpoints (saved and resumed with them)."""
+        checkpointer.add_checkpointable(self.checkpoint_key, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything of the coarse stage that is not the shared backbone."""
+        own = {k: v for k, v in self.model.state_dict().items() if not k.startswith("backbone.")}
+        return {
+            "model": own,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.iter,
+            "itm_generator": self.model.itm_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        incompatible = self.model.load_state_dict(state["model"], strict=False)
+        missing = [k for k in incompatible.missing_keys if not k.startswith("backbone.")]
+        if missing or incompatible.unexpected_keys:
+            raise KeyError(
+                f"coarse-stage state does not match the model: missing {missing[:5]}, "
+                f"unexpected {incompatible.unexpected_keys[:5]}"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iter = int(state["iteration"])
+        self.model.itm_generator.set_state(state["itm_generator"])
+        logger.info("Coarse stage resumed at iteration %d of %d", self.iter, self.max_iter)
+
+    # ----- the hook -----
+
+    def before_train(self) -> None:
+        if self.mode != "before" or self.iter >= self.max_iter:
+            return
+        logger.info("Coarse stage: iterations %d to %d before the fine stage", self.iter, self.max_iter)
+        writers = self._writers()
+        start = time.perf_counter()
+        with EventStorage(self.iter) as storage:
+            while self.iter < self.max_iter:
+                storage.iter = self.iter  # the coarse iteration being run (0-based)
+                storage.put_scalars(**self.run_step())
+                if self.iter % self.log_period == 0 or self.iter == self.max_iter:
+                    for writer in writers:
+                        writer.write()
+                if self.iter % self.checkpoint_period == 0 and self.iter < self.max_iter:
+                    self._save(f"model_coarse_{self.iter:07d}")  # named by the coarse iterations done
+        for writer in writers:
+            writer.close()
+        self._save("model_coarse_final")
+        logger.info("Coarse stage done: %d iterations in %.1f s", self.max_iter, time.perf_counter() - start)
+
+    def after_step(self) -> None:
+        if self.mode != "interleave" or self.iter >= self.max_iter or (self.trainer.iter + 1) % self.period:
+            return
+        self.trainer.storage.put_scalars(**self.run_step())
+
+    def run_step(self) -> dict[str, float]:
+        """One coarse iteration: forward, backward, gradient average over processes, AdamW step, schedule step."""
+        if self._data is None:
+            self._data = iter(
+                build_vl_train_loader(self.cfg, self.cfg.COARSE_STAGE.DATASETS, self.cfg.COARSE_STAGE.IMS_PER_BATCH)
+            )
+        batch = next(self._data)
+        losses = self.model(batch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"coarse stage: loss became {total.item()} at coarse iteration {self.iter}: {losses}")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self._average_gradients()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iter += 1
+        metrics = {f"coarse/{name}": value.item() for name, value in losses.items()}
+        metrics.update({"coarse/total_loss": total.item(), "coarse/lr": lr})
+        return metrics
+
+    def _average_gradients(self) -> None:
+        """Average the gradients over processes (the coarse model is not wrapped in DDP: its backbone is shared)."""
+        world_size = comm.get_world_size()
+        if world_size == 1:
+            return
+        for parameter in self.model.parameters():
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad.div_(world_size)
+
+    def _save(self, name: str) -> None:
+        """Save the trainer's checkpoint (detector + this hook) so that a resume restarts the fine stage at its start."""
+        self.trainer.checkpointer.save(name, iteration=self.trainer.start_iter - 1)
+
+    def _writers(self) -> list:
+        if not comm.is_main_process():
+            return []
+        output_dir = self.cfg.OUTPUT_DIR
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(output_dir, "metrics.json")),
+            TensorboardXWriter(output_dir),
+        ]

@@ -1,0 +1,94 @@
+"""The coarse stage's heads on FIBER's backbone (FIBER_NOTES.md 2.1): poolers, ITC projections, ITM, MLM, VQA.
+
+Image tokens are the last Swin stage's output [B, N, C]; text tokens the last RoBERTa layer's [B, T, D].
+  fused features (after a fused pass): image Linear(C -> D), text Linear(D -> D); pooled by Linear(D -> D) + tanh of
+      the mean image token and of text token 0 (<s>); `joint` = concat[text, image] [B, 2D] feeds ITM and VQA.
+  ITC features (after an unfused pass): separate copies of those projections and poolers, L2-normalised [B, D].
+  MLM: Hugging Face's RobertaLMHead (dense, GELU, LayerNorm, decoder to the vocabulary) on the fused text tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import RobertaConfig
+from transformers.models.roberta.modeling_roberta import RobertaLMHead
+
+
+class Pooler(nn.Module):
+    """Linear(D -> D) + tanh of one vector per sample."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(x))
+
+
+class PooledFeatures(nn.Module):
+    """Projections of image tokens (C -> D) and text tokens (D -> D), each followed by a pooler."""
+
+    def __init__(self, image_dim: int, text_dim: int) -> None:
+        super().__init__()
+        self.image_transform = nn.Linear(image_dim, text_dim)
+        self.text_transform = nn.Linear(text_dim, text_dim)
+        self.image_pooler = Pooler(text_dim)
+        self.text_pooler = Pooler(text_dim)
+
+    def pool_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B, D]: the pooled mean of the projected tokens."""
+        return self.image_pooler(self.image_transform(image_tokens).mean(dim=1))
+
+    def pool_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> [B, D]: the pooled projection of token 0 (<s>)."""
+        return self.text_pooler(self.text_transform(text_tokens[:, 0]))
+
+
+class CoarseHeads(nn.Module):
+    """All coarse-stage heads. `num_answers` > 0 adds the VQA classifier (MLP 2D -> 2D, LN, GELU -> answers)."""
+
+    def __init__(
+        self,
+        *,
+        image_dim: int,
+        text_dim: int,
+        vocab_size: int,
+        temperature: float = 0.07,
+        num_answers: int = 0,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.fused = PooledFeatures(image_dim, text_dim)
+        self.itc = PooledFeatures(image_dim, text_dim)
+        self.temperature = nn.Parameter(torch.tensor(float(temperature)))
+        self.itm = nn.Linear(2 * text_dim, 2)
+        self.mlm = RobertaLMHead(
+            RobertaConfig(hidden_size=text_dim, vocab_size=vocab_size, layer_norm_eps=layer_norm_eps)
+        )
+        self.vqa = (
+            nn.Sequential(
+                nn.Linear(2 * text_dim, 2 * text_dim),
+                nn.LayerNorm(2 * text_dim),
+                nn.GELU(),
+                nn.Linear(2 * text_dim, num_answers),
+            )
+            if num_answers
+            else None
+        )
+
+    def itc_image_embedding(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Unfused image tokens [B, N, C] -> ITC embedding [B, D], L2-normalised."""
+        return F.normalize(self.itc.pool_image(image_tokens), dim=-1)
+
+    def itc_text_embedding(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """Unfused text tokens [B, T, D] -> ITC embedding [B, D], L2-normalised."""
+        return F.normalize(self.itc.pool_text(text_tokens), dim=-1)
+
+    def clamped_temperature(self) -> torch.Tensor:
+        """The ITC temperature, clamped to [0.001, 1] as in FIBER."""
+        return self.temperature.clamp(0.001, 1.0)
+
+    def joint(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        """Fused tokens -> concat[pooled text, pooled image] [B, 2D]."""
+        return torch.cat([self.fused.pool_text(text_tokens), self.fused.pool_image(image_tokens)], dim=-1)

@@ -1,0 +1,108 @@
+"""The coarse stage's objectives (FIBER_NOTES.md 2.2): ITC with an optional feature queue, ITM hard negatives, MLM."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from detectron2.utils import comm
+from torch import nn
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate [B, D] from every process (rank order), keeping the gradient of this process's rows."""
+    if comm.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+class FeatureQueue(nn.Module):
+    """A FIFO of detached, gathered ITC embeddings (ALBEF/FIBER without the momentum encoder); size 0 disables it."""
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("image", torch.zeros(size, dim))
+        self.register_buffer("text", torch.zeros(size, dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # valid rows (<= size)
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The valid (image, text) rows, [Q, D] each."""
+        count = int(self.count)
+        return self.image[:count], self.text[:count]
+
+    @torch.no_grad()
+    def push(self, image: torch.Tensor, text: torch.Tensor) -> None:
+        """Append [B, D] rows (the oldest are overwritten when full)."""
+        if self.size == 0:
+            return
+        image, text = image[-self.size :], text[-self.size :]
+        rows = (int(self.pointer) + torch.arange(len(image), device=image.device)) % self.size
+        self.image[rows] = image.to(self.image.dtype)
+        self.text[rows] = text.to(self.text.dtype)
+        self.pointer.fill_((int(self.pointer) + len(image)) % self.size)
+        self.count.fill_(min(self.size, int(self.count) + len(image)))
+
+
+def itc_loss(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    temperature: torch.Tensor,
+    queue: FeatureQueue | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE over the batch gathered from all processes, plus the queue's rows as extra negatives.
+
+    image, text: L2-normalised [B, D] of this process (row i of each is a positive pair). Returns (loss, i2t
+    similarities [B, B_all + Q], t2i similarities [B, B_all + Q]) of this process's rows (scaled by 1/temperature).
+    loss = (CE(i2t, targets) + CE(t2i, targets)) / 2, the target of local row i being column rank * B + i.
+    """
+    all_image, all_text = gather_with_grad(image), gather_with_grad(text)
+    if queue is not None:
+        queued_image, queued_text = queue.contents()
+        all_image = torch.cat([all_image, queued_image.to(image.dtype)])
+        all_text = torch.cat([all_text, queued_text.to(text.dtype)])
+    i2t = image @ all_text.T / temperature
+    t2i = text @ all_image.T / temperature
+    targets = torch.arange(len(image), device=image.device) + comm.get_rank() * len(image)
+    loss = (F.cross_entropy(i2t, targets) + F.cross_entropy(t2i, targets)) / 2
+    return loss, i2t, t2i
+
+
+def sample_itm_negatives(
+    i2t: torch.Tensor, t2i: torch.Tensor, image_ids: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard negatives for ITM, drawn from the local batch with probability softmax(similarity).
+
+    i2t, t2i: [B, B] local similarities (rows: this batch's images / texts); image_ids [B]: pairs of the same image
+    (several captions of one image in a batch) are never negatives. Returns (negative text index per image [B],
+    negative image index per text [B]). Raises when some sample has no other image in the batch.
+    """
+    different = image_ids[:, None] != image_ids[None, :]  # [B, B]
+    if not different.any(dim=1).all():
+        raise ValueError(
+            "ITM needs at least two different images in each process's batch (hard negatives come from the batch); "
+            "increase the batch size"
+        )
+    with torch.no_grad():
+        weights_i2t = F.softmax(i2t.float(), dim=1) * different
+        weights_t2i = F.softmax(t2i.float(), dim=1) * different
+        # A row whose softmax underflowed to 0 on every allowed column falls back to uniform over those columns.
+        weights_i2t = torch.where(weights_i2t.sum(1, keepdim=True) > 0, weights_i2t, different.float())
+        weights_t2i = torch.where(weights_t2i.sum(1, keepdim=True) > 0, weights_t2i, different.float())
+        negative_texts = torch.multinomial(weights_i2t, 1, generator=generator).squeeze(1)
+        negative_images = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1)
+    return negative_texts, negative_images
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V], labels [B, T] (-100: not predicted) -> mean CE over predicted tokens (0 if there are none)."""
+    if not (labels != -100).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+
+def itm_probability(logits: torch.Tensor) -> torch.Tensor:
+    """ITM logits [..., 2] -> P(match) [...], the softmax's second column."""
+    return logits.float().softmax(dim=-1)[..., 1]

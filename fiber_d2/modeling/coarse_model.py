@@ -1,0 +1,220 @@
+"""FiberCoarseModel: FIBER's coarse stage on image-text pairs (registered in META_ARCH_REGISTRY).
+
+Training (inputs from `VLDatasetMapper`, task "pretrain": `image` [3, S, S], `image_id`, `input_ids` [T],
+`mlm_input_ids` [T], `mlm_labels` [T]) returns the enabled objectives (MODEL.FIBER.COARSE.OBJECTIVES):
+  loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue);
+  loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE;
+  loss_mlm  fusion on, masked captions: CE of the masked tokens through the MLM head.
+The image and text lower parts (below the fused layers) run once per batch and feed every pass.
+Inference (task "pretrain"/"retrieval": `captions_input_ids`, a list of [T_i]) returns per image
+{"image_embedding": [D], "text_embeddings": [n, D]}: the L2-normalised ITC embeddings, as RetrievalEvaluator wants.
+
+The backbone may be shared with a FiberGroundingDetector (the coarse-stage hook passes the detector's), so the same
+weights are trained by both stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from torch import nn
+
+from .backbone import FiberBackbone, FiberFPN, FusionMode, ImageState, TextState
+from .coarse_heads import CoarseHeads
+from .coarse_losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
+
+OBJECTIVES = ("itc", "itm", "mlm")
+
+
+@META_ARCH_REGISTRY.register()
+class FiberCoarseModel(nn.Module):
+    """Fused backbone + coarse heads; ITC/ITM/MLM in training, ITC embeddings (retrieval) at inference."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: FiberBackbone,
+        heads: CoarseHeads,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        pad_token_id: int,
+        objectives: Sequence[str] = OBJECTIVES,
+        queue_size: int = 0,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(objectives) - set(OBJECTIVES))
+        if unknown or not objectives:
+            raise ValueError(f"MODEL.FIBER.COARSE.OBJECTIVES must be a non-empty subset of {OBJECTIVES}, got {objectives}")
+        self.backbone = backbone
+        self.heads = heads
+        self.objectives = tuple(objectives)
+        self.pad_token_id = pad_token_id
+        self.image_feature = backbone.image.stage_names[-1]
+        if self.image_feature not in backbone.output_shape():
+            raise ValueError(
+                f"the coarse heads read the last Swin stage {self.image_feature!r}; add it to MODEL.FIBER.SWIN.OUT_FEATURES"
+            )
+        self.queue = FeatureQueue(queue_size, backbone.text.hidden_size)
+        self.itm_generator: torch.Generator | None = None  # draws the ITM negatives (None: torch's global RNG)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, backbone: nn.Module | None = None) -> dict[str, Any]:
+        """`backbone`: share an existing FiberBackbone (or a FiberFPN's bottom-up one) instead of building one."""
+        backbone = build_backbone(cfg) if backbone is None else backbone
+        if isinstance(backbone, FiberFPN):
+            backbone = backbone.bottom_up
+        if not isinstance(backbone, FiberBackbone):
+            raise TypeError(f"FiberCoarseModel needs a FiberBackbone (build_fiber_backbone), got {type(backbone).__name__}")
+        text_config = backbone.text.model.config
+        coarse = cfg.MODEL.FIBER.COARSE
+        return {
+            "backbone": backbone,
+            "heads": CoarseHeads(
+                image_dim=backbone.output_shape()[backbone.image.stage_names[-1]].channels,
+                text_dim=text_config.hidden_size,
+                vocab_size=text_config.vocab_size,
+                temperature=coarse.ITC_TEMPERATURE,
+                layer_norm_eps=text_config.layer_norm_eps,
+            ),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "pad_token_id": text_config.pad_token_id,
+            "objectives": coarse.OBJECTIVES,
+            "queue_size": coarse.ITC_QUEUE_SIZE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_images(self, batched_inputs: Sequence[dict]) -> torch.Tensor:
+        """Normalised images [B, 3, S, S] (the mapper makes them all S x S)."""
+        sizes = {tuple(x["image"].shape) for x in batched_inputs}
+        if len(sizes) != 1:
+            raise ValueError(f"coarse-stage images must all have one size (INPUT.VL.IMAGE_SIZE), got {sorted(sizes)}")
+        images = torch.stack([x["image"].to(self.device) for x in batched_inputs]).float()
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def pad_texts(self, sequences: Sequence[torch.Tensor], fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T_i] sequences -> [B, T] padded with `fill` (default: the pad token), mask [B, T] (1 on real tokens)."""
+        fill = self.pad_token_id if fill is None else fill
+        length = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), length), fill, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(sequences), length), dtype=torch.long, device=self.device)
+        for i, sequence in enumerate(sequences):
+            ids[i, : len(sequence)] = sequence.to(self.device)
+            mask[i, : len(sequence)] = 1
+        return ids, mask
+
+    def image_tokens(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone image features -> the last stage's tokens [B, N, C]."""
+        return features[self.image_feature].flatten(2).transpose(1, 2)
+
+    def encode_unfused(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dual encoder: ITC embeddings of images [B_i, D] and texts [B_t, D] (any two batch sizes)."""
+        features = self.backbone.finish_image_unfused(self.backbone.encode_image_lower(images))
+        text = self.backbone.finish_text_unfused(self.backbone.encode_text_lower(input_ids, attention_mask))
+        return self.heads.itc_image_embedding(self.image_tokens(features)), self.heads.itc_text_embedding(text)
+
+    def match_probability(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """ITM with fusion on: P(image i matches text i) [B] for paired images [B, 3, S, S] and texts [B, T]."""
+        features, text = self.backbone(images, input_ids, attention_mask, FusionMode.ON)
+        return itm_probability(self.heads.itm(self.heads.joint(self.image_tokens(features), text)))
+
+    def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        if not self.training:
+            return self.inference(batched_inputs)
+        missing = [i for i, x in enumerate(batched_inputs) if "input_ids" not in x or "image" not in x]
+        if missing:
+            raise ValueError(f"coarse-stage inputs {missing} lack 'image' or 'input_ids' (use VLDatasetMapper, task 'pretrain')")
+        images = self.preprocess_images(batched_inputs)
+        input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
+        image_lower = self.backbone.encode_image_lower(images)
+        text_lower = self.backbone.encode_text_lower(input_ids, mask)
+        losses: dict[str, torch.Tensor] = {}
+
+        if "itc" in self.objectives or "itm" in self.objectives:
+            features = self.backbone.finish_image_unfused(image_lower)
+            text = self.backbone.finish_text_unfused(text_lower)
+            image_embedding = self.heads.itc_image_embedding(self.image_tokens(features))
+            text_embedding = self.heads.itc_text_embedding(text)
+            if "itc" in self.objectives:
+                queue = self.queue if self.queue.size else None
+                losses["loss_itc"], _, _ = itc_loss(image_embedding, text_embedding, self.heads.clamped_temperature(), queue)
+                self.queue.push(gather_with_grad(image_embedding.detach()), gather_with_grad(text_embedding.detach()))
+            if "itm" in self.objectives:
+                losses["loss_itm"] = self._itm_loss(batched_inputs, image_lower, text_lower, image_embedding, text_embedding)
+
+        if "mlm" in self.objectives:
+            missing = [i for i, x in enumerate(batched_inputs) if "mlm_input_ids" not in x]
+            if missing:
+                raise ValueError(f"coarse-stage inputs {missing} lack 'mlm_input_ids' / 'mlm_labels' (MLM is enabled)")
+            masked_ids, _ = self.pad_texts([x["mlm_input_ids"] for x in batched_inputs])
+            labels, _ = self.pad_texts([x["mlm_labels"] for x in batched_inputs], fill=-100)
+            _, text = self.backbone.encode_upper(image_lower, self.backbone.encode_text_lower(masked_ids, mask), FusionMode.ON)
+            losses["loss_mlm"] = mlm_loss(self.heads.mlm(text), labels)
+        return losses
+
+    def _itm_loss(
+        self,
+        batched_inputs: Sequence[dict],
+        image_lower: ImageState,
+        text_lower: TextState,
+        image_embedding: torch.Tensor,
+        text_embedding: torch.Tensor,
+    ) -> torch.Tensor:
+        """CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused."""
+        batch = len(batched_inputs)
+        keys = [x.get("image_id", i) for i, x in enumerate(batched_inputs)]
+        image_ids = torch.tensor([keys.index(k) for k in keys], device=self.device)
+        similarity = (image_embedding @ text_embedding.T).detach() / self.heads.clamped_temperature().detach()
+        negative_texts, negative_images = sample_itm_negatives(similarity, similarity.T, image_ids, self.itm_generator)
+        everyone = torch.arange(batch, device=self.device)
+        image_index = torch.cat([everyone, everyone, negative_images])
+        text_index = torch.cat([everyone, negative_texts, everyone])
+        features, text = self.backbone.encode_upper(
+            _select_image(image_lower, image_index), _select_text(text_lower, text_index), FusionMode.ON
+        )
+        logits = self.heads.itm(self.heads.joint(self.image_tokens(features), text))
+        labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(self.device)
+        return F.cross_entropy(logits.float(), labels)
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: Sequence[dict]) -> list[dict[str, torch.Tensor]]:
+        """Per image: {"image_embedding": [D], "text_embeddings": [n, D]} of its `captions_input_ids`."""
+        missing = [i for i, x in enumerate(batched_inputs) if not x.get("captions_input_ids")]
+        if missing:
+            raise ValueError(f"retrieval inputs {missing} have no 'captions_input_ids' (VLDatasetMapper, is_train=False)")
+        images = self.preprocess_images(batched_inputs)
+        captions = [ids for x in batched_inputs for ids in x["captions_input_ids"]]
+        input_ids, mask = self.pad_texts(captions)
+        image_embedding, text_embedding = self.encode_unfused(images, input_ids, mask)
+        results, start = [], 0
+        for i, x in enumerate(batched_inputs):
+            count = len(x["captions_input_ids"])
+            results.append({"image_embedding": image_embedding[i], "text_embeddings": text_embedding[start : start + count]})
+            start += count
+        return results
+
+
+def _select_image(state: ImageState, index: torch.Tensor) -> ImageState:
+    """The image state of samples `index` (a batch may repeat a sample)."""
+    return dataclasses.replace(
+        state, tokens=state.tokens[index], outputs={name: out[index] for name, out in state.outputs.items()}
+    )
+
+
+def _select_text(state: TextState, index: torch.Tensor) -> TextState:
+    """The text state of samples `index`."""
+    return dataclasses.replace(
+        state, hidden=state.hidden[index], attention_mask=state.attention_mask[index], bias=state.bias[index]
+    )
