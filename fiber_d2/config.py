@@ -164,6 +164,9 @@ def _add_coarse_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.COARSE.ITC_TEMPERATURE = 0.07
     # Detached ITC embeddings kept as extra negatives (FIBER: 4096); 0 disables the queue.
     cfg.MODEL.FIBER.COARSE.ITC_QUEUE_SIZE = 0
+    # Pooled text feature: "first" (the <s> token, FIBER) or "mean" (of the real tokens; for a text encoder trained
+    # from scratch, whose <s> output carries almost nothing about the caption at init).
+    cfg.MODEL.FIBER.COARSE.TEXT_POOLING = "first"
 
     cfg.COARSE_STAGE = CN()
     # Run the coarse stage (FiberCoarseModel on the detector's backbone) inside a detector's train_net.py run.
@@ -189,3 +192,13 @@ def _add_coarse_config(cfg: CN) -> None:
     cfg.COARSE_STAGE.CHECKPOINT_PERIOD = 1000
     # Write the coarse losses to metrics.json / TensorBoard every this many coarse iterations.
     cfg.COARSE_STAGE.LOG_PERIOD = 20
+
+    # The image-level tasks: FiberVQAModel (MODEL.FIBER.VQA) and FiberCaptionModel (MODEL.FIBER.CAPTION).
+    cfg.MODEL.FIBER.VQA = CN()
+    # JSON list of the answer classes in order; "" = DATASETS.TRAIN's answers (INPUT.VL.VQA_MIN_ANSWER_COUNT).
+    cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY = ""
+    cfg.MODEL.FIBER.CAPTION = CN()
+    # Captioning inference: beam width (FIBER: 5); 1 = greedy decoding.
+    cfg.MODEL.FIBER.CAPTION.BEAM_SIZE = 5
+    # Captioning inference: the most tokens generated after <s>, </s> included (FIBER: 50).
+    cfg.MODEL.FIBER.CAPTION.MAX_LENGTH = 50

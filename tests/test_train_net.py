@@ -129,3 +129,41 @@ def test_demo_names_an_input_that_matches_nothing(trained, datasets_root, tmp_pa
                 "--output", tmp_path, "--opts", "MODEL.WEIGHTS", trained / "model_final.pth"], datasets_root,
                expect_success=False)
     assert "demo.py: error: --input" in log and "nope*.jpg" in log and "Traceback" not in log
+
+
+COARSE = REPO / "configs" / "fiber_shapes" / "fiber_tiny_coarse.yaml"
+TINY_VL = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1",
+           "INPUT.VL.IMAGE_SIZE", "64"]
+
+
+def test_coarse_only_config_trains_and_evaluates_retrieval(datasets_root, tmp_path):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", COARSE, *TINY_VL,
+          "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
+    losses = [m for m in _metrics(tmp_path) if "total_loss" in m][-1]
+    assert {"loss_itc", "loss_itm", "loss_mlm"} <= set(losses)
+    retrieval = json.loads((tmp_path / "results.json").read_text())["fiber_shapes_pairs_val"]["retrieval"]
+    assert set(retrieval) == {"ir_R@1", "ir_R@5", "ir_R@10", "tr_R@1", "tr_R@5", "tr_R@10", "r_mean"}
+    assert retrieval["ir_R@10"] == 100.0  # 4 validation images: every image is in the top 10
+
+
+COARSE_HOOK = ["COARSE_STAGE.ENABLED", "True", "COARSE_STAGE.DATASETS", "('fiber_shapes_pairs_train',)",
+               "COARSE_STAGE.IMS_PER_BATCH", "4", "COARSE_STAGE.LOG_PERIOD", "1", "COARSE_STAGE.CHECKPOINT_PERIOD", "2",
+               "INPUT.VL.IMAGE_SIZE", "64", "DATASETS.TEST", "()"]
+
+
+def test_coarse_stage_hook_runs_before_the_fine_stage_and_resumes(datasets_root, tmp_path):
+    train = [REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, *COARSE_HOOK,
+             "OUTPUT_DIR", tmp_path]
+    _run([*train, "COARSE_STAGE.MAX_ITER", "3", "SOLVER.MAX_ITER", "2"], datasets_root)
+    assert (tmp_path / "model_coarse_0000002.pth").is_file() and (tmp_path / "model_coarse_final.pth").is_file()
+    metrics = _metrics(tmp_path)
+    coarse = [m["iteration"] for m in metrics if "coarse/loss_itc" in m]
+    fine = [m["iteration"] for m in metrics if "loss_align" in m]
+    assert coarse == [0, 1, 2] and fine == [1]  # the coarse stage first, then the fine stage
+    # An interruption right after the coarse checkpoint at iteration 2: resuming finishes the coarse stage from
+    # there, then runs the whole fine stage.
+    (tmp_path / "last_checkpoint").write_text("model_coarse_0000002.pth")
+    log = _run([*train[:3], "--resume", *train[3:], "COARSE_STAGE.MAX_ITER", "3", "SOLVER.MAX_ITER", "2"], datasets_root)
+    assert "Coarse stage resumed at iteration 2 of 3" in log
+    assert "Coarse stage: iterations 2 to 3 before the fine stage" in log
+    assert "Starting training from iteration 0" in log

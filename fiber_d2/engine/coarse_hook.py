@@ -7,8 +7,8 @@ own loader (VLDatasetMapper), AdamW optimizer and warmup-cosine schedule (COARSE
                 (`model_coarse_final.pth`); it holds the detector (with the coarse-trained backbone) and the hook's
                 state, so `--resume` continues an interrupted coarse stage.
   "interleave"  one coarse iteration after every PERIOD fine iterations, until MAX_ITER coarse iterations ran.
-The hook's state (heads, queue, optimizer, schedule, iteration, the ITM negatives' generator) is a checkpointable of the trainer's checkpointer
-(key "coarse_stage"); register it with `register_with(checkpointer)`.
+The hook's state (heads, queue, optimizer, schedule, iteration, the ITM negatives' generator) goes into the trainer's
+checkpoints through Detectron2's hook state (`HookBase.state_dict`), and `--resume` restores it.
 Losses go to the metrics as `coarse/loss_*`, `coarse/total_loss`, `coarse/lr`: in "interleave" mode into the trainer's
 EventStorage at the fine iteration; in "before" mode into an EventStorage of the coarse iterations, written to the
 same metrics.json and TensorBoard directory.
@@ -58,8 +58,6 @@ def coarse_solver_cfg(cfg: CfgNode) -> CfgNode:
 class CoarseStageHook(HookBase):
     """Runs FiberCoarseModel on the detector's backbone before or between the fine iterations (module docstring)."""
 
-    checkpoint_key = "coarse_stage"
-
     def __init__(self, cfg: CfgNode, model: torch.nn.Module) -> None:
         coarse = cfg.COARSE_STAGE
         if coarse.MODE not in MODES:
@@ -92,10 +90,6 @@ class CoarseStageHook(HookBase):
 
     # ----- checkpointing -----
 
-    def register_with(self, checkpointer: DetectionCheckpointer) -> None:
-        """Make the hook's state part of the trainer's checkpoints (saved and resumed with them)."""
-        checkpointer.add_checkpointable(self.checkpoint_key, self)
-
     def state_dict(self) -> dict[str, Any]:
         """Everything of the coarse stage that is not the shared backbone."""
         own = {k: v for k, v in self.model.state_dict().items() if not k.startswith("backbone.")}
@@ -126,7 +120,8 @@ class CoarseStageHook(HookBase):
     def before_train(self) -> None:
         if self.mode != "before" or self.iter >= self.max_iter:
             return
-        logger.info("Coarse stage: iterations %d to %d before the fine stage", self.iter, self.max_iter)
+        first = self.iter
+        logger.info("Coarse stage: iterations %d to %d before the fine stage", first, self.max_iter)
         writers = self._writers()
         start = time.perf_counter()
         with EventStorage(self.iter) as storage:
@@ -141,7 +136,7 @@ class CoarseStageHook(HookBase):
         for writer in writers:
             writer.close()
         self._save("model_coarse_final")
-        logger.info("Coarse stage done: %d iterations in %.1f s", self.max_iter, time.perf_counter() - start)
+        logger.info("Coarse stage done: iterations %d to %d in %.1f s", first, self.max_iter, time.perf_counter() - start)
 
     def after_step(self) -> None:
         if self.mode != "interleave" or self.iter >= self.max_iter or (self.trainer.iter + 1) % self.period:
@@ -181,8 +176,16 @@ class CoarseStageHook(HookBase):
                 parameter.grad.div_(world_size)
 
     def _save(self, name: str) -> None:
-        """Save the trainer's checkpoint (detector + this hook) so that a resume restarts the fine stage at its start."""
-        self.trainer.checkpointer.save(name, iteration=self.trainer.start_iter - 1)
+        """Save the trainer's checkpoint (detector + hooks) so that a resume restarts the fine stage at its start.
+
+        The trainer records its iteration as the last one finished; none of the fine stage has run yet.
+        """
+        fine_iter = self.trainer.iter
+        self.trainer.iter = self.trainer.start_iter - 1
+        try:
+            self.trainer.checkpointer.save(name)
+        finally:
+            self.trainer.iter = fine_iter
 
     def _writers(self) -> list:
         if not comm.is_main_process():

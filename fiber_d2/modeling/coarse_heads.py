@@ -2,7 +2,9 @@
 
 Image tokens are the last Swin stage's output [B, N, C]; text tokens the last RoBERTa layer's [B, T, D].
   fused features (after a fused pass): image Linear(C -> D), text Linear(D -> D); pooled by Linear(D -> D) + tanh of
-      the mean image token and of text token 0 (<s>); `joint` = concat[text, image] [B, 2D] feeds ITM and VQA.
+      the mean image token and of text token 0 (<s>) (`text_pooling="first"`, FIBER; "mean": the mean of the real
+      tokens, for text encoders trained from scratch, whose <s> output hardly depends on the other tokens at init);
+      `joint` = concat[text, image] [B, 2D] feeds ITM and VQA.
   ITC features (after an unfused pass): separate copies of those projections and poolers, L2-normalised [B, D].
   MLM: Hugging Face's RobertaLMHead (dense, GELU, LayerNorm, decoder to the vocabulary) on the fused text tokens.
 """
@@ -26,11 +28,17 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x))
 
 
+TEXT_POOLING = ("first", "mean")
+
+
 class PooledFeatures(nn.Module):
     """Projections of image tokens (C -> D) and text tokens (D -> D), each followed by a pooler."""
 
-    def __init__(self, image_dim: int, text_dim: int) -> None:
+    def __init__(self, image_dim: int, text_dim: int, text_pooling: str = "first") -> None:
         super().__init__()
+        if text_pooling not in TEXT_POOLING:
+            raise ValueError(f"text pooling must be one of {TEXT_POOLING}, got {text_pooling!r}")
+        self.text_pooling = text_pooling
         self.image_transform = nn.Linear(image_dim, text_dim)
         self.text_transform = nn.Linear(text_dim, text_dim)
         self.image_pooler = Pooler(text_dim)
@@ -40,9 +48,13 @@ class PooledFeatures(nn.Module):
         """[B, N, C] -> [B, D]: the pooled mean of the projected tokens."""
         return self.image_pooler(self.image_transform(image_tokens).mean(dim=1))
 
-    def pool_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] -> [B, D]: the pooled projection of token 0 (<s>)."""
-        return self.text_pooler(self.text_transform(text_tokens[:, 0]))
+    def pool_text(self, text_tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, D], mask [B, T] (1 on real tokens) -> [B, D]: the pooled projection of token 0 or of the mean."""
+        if self.text_pooling == "first":
+            return self.text_pooler(self.text_transform(text_tokens[:, 0]))
+        weights = attention_mask.to(text_tokens.dtype).unsqueeze(-1)
+        mean = (text_tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return self.text_pooler(self.text_transform(mean))
 
 
 class CoarseHeads(nn.Module):
@@ -57,10 +69,11 @@ class CoarseHeads(nn.Module):
         temperature: float = 0.07,
         num_answers: int = 0,
         layer_norm_eps: float = 1e-5,
+        text_pooling: str = "first",
     ) -> None:
         super().__init__()
-        self.fused = PooledFeatures(image_dim, text_dim)
-        self.itc = PooledFeatures(image_dim, text_dim)
+        self.fused = PooledFeatures(image_dim, text_dim, text_pooling)
+        self.itc = PooledFeatures(image_dim, text_dim, text_pooling)
         self.temperature = nn.Parameter(torch.tensor(float(temperature)))
         self.itm = nn.Linear(2 * text_dim, 2)
         self.mlm = RobertaLMHead(
@@ -81,14 +94,15 @@ class CoarseHeads(nn.Module):
         """Unfused image tokens [B, N, C] -> ITC embedding [B, D], L2-normalised."""
         return F.normalize(self.itc.pool_image(image_tokens), dim=-1)
 
-    def itc_text_embedding(self, text_tokens: torch.Tensor) -> torch.Tensor:
-        """Unfused text tokens [B, T, D] -> ITC embedding [B, D], L2-normalised."""
-        return F.normalize(self.itc.pool_text(text_tokens), dim=-1)
+    def itc_text_embedding(self, text_tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unfused text tokens [B, T, D], mask [B, T] -> ITC embedding [B, D], L2-normalised."""
+        return F.normalize(self.itc.pool_text(text_tokens, attention_mask), dim=-1)
 
     def clamped_temperature(self) -> torch.Tensor:
         """The ITC temperature, clamped to [0.001, 1] as in FIBER."""
         return self.temperature.clamp(0.001, 1.0)
 
-    def joint(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
-        """Fused tokens -> concat[pooled text, pooled image] [B, 2D]."""
-        return torch.cat([self.fused.pool_text(text_tokens), self.fused.pool_image(image_tokens)], dim=-1)
+    def joint(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Fused tokens [B, N, C], [B, T, D] and the text mask [B, T] -> concat[pooled text, pooled image] [B, 2D]."""
+        pooled_text = self.fused.pool_text(text_tokens, attention_mask)
+        return torch.cat([pooled_text, self.fused.pool_image(image_tokens)], dim=-1)

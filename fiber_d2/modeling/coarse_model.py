@@ -82,6 +82,7 @@ class FiberCoarseModel(nn.Module):
                 vocab_size=text_config.vocab_size,
                 temperature=coarse.ITC_TEMPERATURE,
                 layer_norm_eps=text_config.layer_norm_eps,
+                text_pooling=coarse.TEXT_POOLING,
             ),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -123,12 +124,12 @@ class FiberCoarseModel(nn.Module):
         """Dual encoder: ITC embeddings of images [B_i, D] and texts [B_t, D] (any two batch sizes)."""
         features = self.backbone.finish_image_unfused(self.backbone.encode_image_lower(images))
         text = self.backbone.finish_text_unfused(self.backbone.encode_text_lower(input_ids, attention_mask))
-        return self.heads.itc_image_embedding(self.image_tokens(features)), self.heads.itc_text_embedding(text)
+        return self.heads.itc_image_embedding(self.image_tokens(features)), self.heads.itc_text_embedding(text, attention_mask)
 
     def match_probability(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """ITM with fusion on: P(image i matches text i) [B] for paired images [B, 3, S, S] and texts [B, T]."""
         features, text = self.backbone(images, input_ids, attention_mask, FusionMode.ON)
-        return itm_probability(self.heads.itm(self.heads.joint(self.image_tokens(features), text)))
+        return itm_probability(self.heads.itm(self.heads.joint(self.image_tokens(features), text, attention_mask)))
 
     def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         if not self.training:
@@ -146,7 +147,7 @@ class FiberCoarseModel(nn.Module):
             features = self.backbone.finish_image_unfused(image_lower)
             text = self.backbone.finish_text_unfused(text_lower)
             image_embedding = self.heads.itc_image_embedding(self.image_tokens(features))
-            text_embedding = self.heads.itc_text_embedding(text)
+            text_embedding = self.heads.itc_text_embedding(text, mask)
             if "itc" in self.objectives:
                 queue = self.queue if self.queue.size else None
                 losses["loss_itc"], _, _ = itc_loss(image_embedding, text_embedding, self.heads.clamped_temperature(), queue)
@@ -184,7 +185,7 @@ class FiberCoarseModel(nn.Module):
         features, text = self.backbone.encode_upper(
             _select_image(image_lower, image_index), _select_text(text_lower, text_index), FusionMode.ON
         )
-        logits = self.heads.itm(self.heads.joint(self.image_tokens(features), text))
+        logits = self.heads.itm(self.heads.joint(self.image_tokens(features), text, text_lower.attention_mask[text_index]))
         labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(self.device)
         return F.cross_entropy(logits.float(), labels)
 

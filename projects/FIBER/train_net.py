@@ -15,6 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from fiber_d2.config import add_fiber_config
 from fiber_d2.data import (
@@ -49,9 +50,7 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         hooks = super().build_hooks()
         if self.cfg.COARSE_STAGE.ENABLED:
-            coarse_stage = CoarseStageHook(self.cfg, self.model)
-            coarse_stage.register_with(self.checkpointer)
-            hooks.insert(0, coarse_stage)
+            hooks.insert(0, CoarseStageHook(self.cfg, self.model))
         return hooks
 
     @classmethod
@@ -96,6 +95,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_d2")
     return cfg
 
 
