@@ -167,3 +167,17 @@ def test_coarse_stage_hook_runs_before_the_fine_stage_and_resumes(datasets_root,
     assert "Coarse stage resumed at iteration 2 of 3" in log
     assert "Coarse stage: iterations 2 to 3 before the fine stage" in log
     assert "Starting training from iteration 0" in log
+
+
+@pytest.mark.parametrize(
+    "config, dataset, task, metric",
+    [
+        ("fiber_tiny_vqa.yaml", "fiber_shapes_vqa_val", "vqa", "accuracy"),
+        ("fiber_tiny_caption.yaml", "fiber_shapes_pairs_val", "caption", "CIDEr"),
+    ],
+)
+def test_vqa_and_caption_configs_train_and_evaluate(datasets_root, tmp_path, config, dataset, task, metric):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", REPO / "configs" / "fiber_shapes" / config,
+          *TINY_VL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
+    value = json.loads((tmp_path / "results.json").read_text())[dataset][task][metric]
+    assert value >= 0.0 and (task == "caption" or value <= 100.0)

@@ -57,22 +57,31 @@ def build_grounding_test_loader(cfg: CfgNode, dataset_name: str):
 
 
 def build_vl_train_loader(
-    cfg: CfgNode, dataset_names: Sequence[str], total_batch_size: int, task: str = "pretrain"
+    cfg: CfgNode,
+    dataset_names: Sequence[str],
+    total_batch_size: int,
+    task: str = "pretrain",
+    answer_vocabulary: Sequence[str] | None = None,
 ):
-    """An infinite loader of coarse-stage training batches (lists of VLDatasetMapper outputs, images S x S)."""
+    """An infinite loader of image-level training batches (lists of VLDatasetMapper outputs, images S x S).
+
+    task: "pretrain", "vqa" (needs `answer_vocabulary`) or "caption".
+    """
     return build_detection_train_loader(
         load_grounding_dataset_dicts(dataset_names),
-        mapper=VLDatasetMapper(cfg, True, task=task),
+        mapper=VLDatasetMapper(cfg, True, task=task, answer_vocabulary=answer_vocabulary),
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 
 
-def build_vl_test_loader(cfg: CfgNode, dataset_name: str, task: str = "retrieval"):
+def build_vl_test_loader(
+    cfg: CfgNode, dataset_name: str, task: str = "retrieval", answer_vocabulary: Sequence[str] | None = None
+):
     """Detectron2's inference loader (batch 1, each record once across processes) with VLDatasetMapper."""
     return build_detection_test_loader(
         load_grounding_dataset_dicts([dataset_name]),
-        mapper=VLDatasetMapper(cfg, False, task=task),
+        mapper=VLDatasetMapper(cfg, False, task=task, answer_vocabulary=answer_vocabulary),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )

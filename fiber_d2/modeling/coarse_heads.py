@@ -79,6 +79,7 @@ class CoarseHeads(nn.Module):
         self.mlm = RobertaLMHead(
             RobertaConfig(hidden_size=text_dim, vocab_size=vocab_size, layer_norm_eps=layer_norm_eps)
         )
+        self.mlm.bias = self.mlm.decoder.bias  # one output bias, as Hugging Face ties them when loading weights
         self.vqa = (
             nn.Sequential(
                 nn.Linear(2 * text_dim, 2 * text_dim),

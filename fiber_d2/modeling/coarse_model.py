@@ -20,18 +20,19 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from .backbone import FiberBackbone, FiberFPN, FusionMode, ImageState, TextState
+from .backbone import FiberBackbone, FusionMode, ImageState, TextState
 from .coarse_heads import CoarseHeads
 from .coarse_losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
+from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
 
 OBJECTIVES = ("itc", "itm", "mlm")
 
 
 @META_ARCH_REGISTRY.register()
-class FiberCoarseModel(nn.Module):
+class FiberCoarseModel(VLModel):
     """Fused backbone + coarse heads; ITC/ITM/MLM in training, ITC embeddings (retrieval) at inference."""
 
     @configurable
@@ -46,77 +47,36 @@ class FiberCoarseModel(nn.Module):
         objectives: Sequence[str] = OBJECTIVES,
         queue_size: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id)
         unknown = sorted(set(objectives) - set(OBJECTIVES))
         if unknown or not objectives:
             raise ValueError(f"MODEL.FIBER.COARSE.OBJECTIVES must be a non-empty subset of {OBJECTIVES}, got {objectives}")
-        self.backbone = backbone
-        self.heads = heads
         self.objectives = tuple(objectives)
-        self.pad_token_id = pad_token_id
-        self.image_feature = backbone.image.stage_names[-1]
-        if self.image_feature not in backbone.output_shape():
-            raise ValueError(
-                f"the coarse heads read the last Swin stage {self.image_feature!r}; add it to MODEL.FIBER.SWIN.OUT_FEATURES"
-            )
         self.queue = FeatureQueue(queue_size, backbone.text.hidden_size)
         self.itm_generator: torch.Generator | None = None  # draws the ITM negatives (None: torch's global RNG)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        if heads.vqa is not None:
+            self.freeze_unused([heads.vqa])
+        if "itm" not in self.objectives:
+            self.freeze_unused([heads.itm, heads.fused])
+        if "mlm" not in self.objectives:
+            self.freeze_unused([heads.mlm])
+        if "itc" not in self.objectives:
+            self.freeze_unused([heads.temperature])
 
     @classmethod
     def from_config(cls, cfg: CfgNode, backbone: nn.Module | None = None) -> dict[str, Any]:
         """`backbone`: share an existing FiberBackbone (or a FiberFPN's bottom-up one) instead of building one."""
-        backbone = build_backbone(cfg) if backbone is None else backbone
-        if isinstance(backbone, FiberFPN):
-            backbone = backbone.bottom_up
-        if not isinstance(backbone, FiberBackbone):
-            raise TypeError(f"FiberCoarseModel needs a FiberBackbone (build_fiber_backbone), got {type(backbone).__name__}")
-        text_config = backbone.text.model.config
+        backbone = build_vl_backbone(cfg, cls.__name__, backbone)
         coarse = cfg.MODEL.FIBER.COARSE
         return {
             "backbone": backbone,
-            "heads": CoarseHeads(
-                image_dim=backbone.output_shape()[backbone.image.stage_names[-1]].channels,
-                text_dim=text_config.hidden_size,
-                vocab_size=text_config.vocab_size,
-                temperature=coarse.ITC_TEMPERATURE,
-                layer_norm_eps=text_config.layer_norm_eps,
-                text_pooling=coarse.TEXT_POOLING,
-            ),
+            "heads": build_coarse_heads(cfg, backbone),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "pad_token_id": text_config.pad_token_id,
+            "pad_token_id": backbone.text.model.config.pad_token_id,
             "objectives": coarse.OBJECTIVES,
             "queue_size": coarse.ITC_QUEUE_SIZE,
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess_images(self, batched_inputs: Sequence[dict]) -> torch.Tensor:
-        """Normalised images [B, 3, S, S] (the mapper makes them all S x S)."""
-        sizes = {tuple(x["image"].shape) for x in batched_inputs}
-        if len(sizes) != 1:
-            raise ValueError(f"coarse-stage images must all have one size (INPUT.VL.IMAGE_SIZE), got {sorted(sizes)}")
-        images = torch.stack([x["image"].to(self.device) for x in batched_inputs]).float()
-        return (images - self.pixel_mean) / self.pixel_std
-
-    def pad_texts(self, sequences: Sequence[torch.Tensor], fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T_i] sequences -> [B, T] padded with `fill` (default: the pad token), mask [B, T] (1 on real tokens)."""
-        fill = self.pad_token_id if fill is None else fill
-        length = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), length), fill, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(sequences), length), dtype=torch.long, device=self.device)
-        for i, sequence in enumerate(sequences):
-            ids[i, : len(sequence)] = sequence.to(self.device)
-            mask[i, : len(sequence)] = 1
-        return ids, mask
-
-    def image_tokens(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Backbone image features -> the last stage's tokens [B, N, C]."""
-        return features[self.image_feature].flatten(2).transpose(1, 2)
 
     def encode_unfused(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor

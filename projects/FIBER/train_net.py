@@ -29,7 +29,13 @@ from fiber_d2.data.datasets import DatasetFormatError  # importing the package r
 from fiber_d2.engine import launch
 from fiber_d2.engine.coarse_hook import CoarseStageHook
 from fiber_d2.evaluation import build_evaluator, save_results_json
-from fiber_d2.modeling import FiberCoarseModel, FiberGroundingDetector  # importing registers the models
+from fiber_d2.evaluation.caption import CaptionEvaluator
+from fiber_d2.modeling import (  # importing the package registers the models
+    FiberCaptionModel,
+    FiberCoarseModel,
+    FiberGroundingDetector,
+    FiberVQAModel,
+)
 from fiber_d2.solver import build_optimizer
 
 
@@ -38,14 +44,29 @@ def is_grounding_model(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == FiberGroundingDetector.__name__
 
 
-def is_coarse_model(cfg) -> bool:
-    """Whether the model is FIBER's coarse stage alone (image-text pairs, retrieval evaluation)."""
-    return cfg.MODEL.META_ARCHITECTURE == FiberCoarseModel.__name__
+# The image-level models and the VLDatasetMapper task of their training data (test data: "retrieval" for the first).
+IMAGE_LEVEL_TASKS = {
+    FiberCoarseModel.__name__: "pretrain",
+    FiberVQAModel.__name__: "vqa",
+    FiberCaptionModel.__name__: "caption",
+}
+
+
+def image_level_task(cfg) -> str | None:
+    """The VLDatasetMapper task of an image-level model's training data; None for the detectors."""
+    return IMAGE_LEVEL_TASKS.get(cfg.MODEL.META_ARCHITECTURE)
+
+
+def answer_vocabulary(cfg) -> list[str] | None:
+    """The VQA model's answer classes (the loaders' targets must use the same list); None for the other models."""
+    if cfg.MODEL.META_ARCHITECTURE != FiberVQAModel.__name__:
+        return None
+    return FiberVQAModel.answer_vocabulary_from_config(cfg)
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with fiber_d2's data loaders (prompts, image-text pairs), evaluators, optimizers, results file
-    and the coarse-stage hook (COARSE_STAGE.ENABLED)."""
+    """DefaultTrainer with fiber_d2's data loaders (prompts; image-text pairs, questions, captions), evaluators,
+    optimizers, results file and the coarse-stage hook (COARSE_STAGE.ENABLED)."""
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -57,21 +78,28 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         if is_grounding_model(cfg):
             return build_grounding_train_loader(cfg)
-        if is_coarse_model(cfg):
-            return build_vl_train_loader(cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH)
+        task = image_level_task(cfg)
+        if task:
+            return build_vl_train_loader(
+                cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH, task, answer_vocabulary(cfg)
+            )
         return super().build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         if is_grounding_model(cfg):
             return build_grounding_test_loader(cfg, dataset_name)
-        if is_coarse_model(cfg):
-            return build_vl_test_loader(cfg, dataset_name)
+        task = image_level_task(cfg)
+        if task:
+            task = "retrieval" if task == "pretrain" else task
+            return build_vl_test_loader(cfg, dataset_name, task, answer_vocabulary(cfg))
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if cfg.MODEL.META_ARCHITECTURE == FiberCaptionModel.__name__:  # any image-caption set, whatever its type
+            return CaptionEvaluator(dataset_name, output_dir=output_folder)
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod

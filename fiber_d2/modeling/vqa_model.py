@@ -1,0 +1,165 @@
+"""FiberVQAModel: VQAv2 as answer classification on FIBER's fused backbone (FIBER_NOTES.md 2.3; registered in
+META_ARCH_REGISTRY).
+
+Training (inputs from `VLDatasetMapper`, task "vqa": `image` [3, S, S], the question's `input_ids` [T] and
+`vqa_targets` [A], soft scores over the answer vocabulary) runs image and question through the backbone with fusion on,
+pools them into `heads.joint` [B, 2D] and classifies with `heads.vqa` (MLP 2D -> 2D, LN, GELU -> A):
+  loss_vqa  mean binary cross-entropy over the B x A logits, times A (`vqa_loss`, FIBER's "BCE x 3129").
+Inference returns per question {"question_id", "answer": the string of the top class, "scores": [A] sigmoid
+probabilities}, as VQAEvaluator wants.
+
+The answer vocabulary (MODEL.FIBER.VQA.ANSWER_VOCABULARY, or built from DATASETS.TRAIN) is kept in `answers`; the data
+loaders must use the same list: `FiberVQAModel.answer_vocabulary_from_config(cfg)`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ..data.build import load_grounding_dataset_dicts
+from ..data.tokenizer import resolve_path
+from ..data.vl_mapper import build_answer_vocabulary
+from ..evaluation.vqa import normalize_vqa_answer
+from .backbone import FiberBackbone, FusionMode
+from .coarse_heads import CoarseHeads
+from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
+
+logger = logging.getLogger(__name__)
+
+
+def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits, targets [B, A] (targets: soft scores in [0, 1]) -> mean BCE-with-logits over all B x A entries, x A."""
+    if logits.dim() != 2 or logits.shape != targets.shape:
+        raise ValueError(
+            f"VQA logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be [batch, answers]"
+        )
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * logits.shape[1]
+
+
+def load_answer_vocabulary(path: str) -> list[str]:
+    """A JSON file holding the list of answer strings in class order (e.g. FIBER's 3129 VQAv2 answers).
+
+    Entries must be unique non-empty strings. An entry that `normalize_vqa_answer` would change can never be a training
+    target (the mapper matches normalised human answers), which is logged as a warning.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"answer vocabulary {path!r} (MODEL.FIBER.VQA.ANSWER_VOCABULARY) does not exist")
+    with open(path, encoding="utf-8") as f:
+        answers = json.load(f)
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
+        raise ValueError(f"answer vocabulary {path!r} must hold a non-empty JSON list of non-empty answer strings")
+    if len(set(answers)) < len(answers):
+        duplicates = sorted({a for a in answers if answers.count(a) > 1})
+        raise ValueError(f"answer vocabulary {path!r} has duplicate answers: {duplicates[:10]}")
+    unnormalised = [a for a in answers if normalize_vqa_answer(a) != a]
+    if unnormalised:
+        logger.warning(
+            "%d answers of %s are not normalised (e.g. %r -> %r) and can never be training targets",
+            len(unnormalised), path, unnormalised[0], normalize_vqa_answer(unnormalised[0]),
+        )
+    return answers
+
+
+@META_ARCH_REGISTRY.register()
+class FiberVQAModel(VLModel):
+    """Fused backbone + `CoarseHeads` with the VQA classifier; BCE over the answer vocabulary in training, the top
+    answer at inference."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: FiberBackbone,
+        heads: CoarseHeads,
+        answers: Sequence[str],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        pad_token_id: int,
+    ) -> None:
+        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id)
+        if not answers or len(set(answers)) < len(answers):
+            raise ValueError("the VQA answer vocabulary must be a non-empty list of unique answers")
+        if heads.vqa is None or heads.vqa[-1].out_features != len(answers):
+            raise ValueError(f"the heads need a VQA classifier over {len(answers)} answers (CoarseHeads num_answers)")
+        self.answers = list(answers)
+        logger.info("FiberVQAModel: %d answer classes (%s, ...)", len(self.answers), ", ".join(self.answers[:5]))
+        unused = [heads.itc, heads.itm, heads.mlm, heads.temperature]
+        unused += [norm for name, norm in backbone.image.out_norms.items() if name != self.image_feature]
+        self.freeze_unused(unused)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, answers: Sequence[str] | None = None) -> dict[str, Any]:
+        """`answers`: the answer vocabulary (default: `answer_vocabulary_from_config(cfg)`)."""
+        backbone = build_vl_backbone(cfg, cls.__name__)
+        answers = cls.answer_vocabulary_from_config(cfg) if answers is None else list(answers)
+        return {
+            "backbone": backbone,
+            "heads": build_coarse_heads(cfg, backbone, num_answers=len(answers)),
+            "answers": answers,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "pad_token_id": backbone.text.model.config.pad_token_id,
+        }
+
+    @staticmethod
+    def answer_vocabulary_from_config(cfg: CfgNode) -> list[str]:
+        """The answer classes: MODEL.FIBER.VQA.ANSWER_VOCABULARY (a JSON list), or, when that is "", the normalised
+        answers of DATASETS.TRAIN given at least INPUT.VL.VQA_MIN_ANSWER_COUNT times (`build_answer_vocabulary`)."""
+        path = cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY
+        if path:
+            return load_answer_vocabulary(resolve_path(path))
+        if not cfg.DATASETS.TRAIN:
+            raise ValueError("VQA needs an answer vocabulary: set MODEL.FIBER.VQA.ANSWER_VOCABULARY or DATASETS.TRAIN")
+        answers = build_answer_vocabulary(
+            load_grounding_dataset_dicts(cfg.DATASETS.TRAIN), cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT
+        )
+        if not answers:
+            raise ValueError(
+                f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} give no answer at least INPUT.VL.VQA_MIN_ANSWER_COUNT = "
+                f"{cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT} times"
+            )
+        return answers
+
+    def answer_logits(self, batched_inputs: Sequence[dict]) -> torch.Tensor:
+        """Each image with its question, fused -> answer logits [B, A]."""
+        missing = [i for i, x in enumerate(batched_inputs) if "image" not in x or "input_ids" not in x]
+        if missing:
+            raise ValueError(f"VQA inputs {missing} lack 'image' or 'input_ids' (use VLDatasetMapper, task 'vqa')")
+        images = self.preprocess_images(batched_inputs)
+        input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
+        features, text = self.backbone(images, input_ids, mask, FusionMode.ON)
+        return self.heads.vqa(self.heads.joint(self.image_tokens(features), text, mask))
+
+    def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
+        if not self.training:
+            return self.inference(batched_inputs)
+        missing = [i for i, x in enumerate(batched_inputs) if "vqa_targets" not in x]
+        if missing:
+            raise ValueError(f"VQA training inputs {missing} lack 'vqa_targets' (VLDatasetMapper, task 'vqa')")
+        targets = torch.stack([x["vqa_targets"] for x in batched_inputs]).to(self.device)
+        if targets.shape[1] != len(self.answers):
+            raise ValueError(
+                f"'vqa_targets' cover {targets.shape[1]} answers but the model has {len(self.answers)}: build the data "
+                "loader with FiberVQAModel.answer_vocabulary_from_config(cfg)"
+            )
+        return {"loss_vqa": vqa_loss(self.answer_logits(batched_inputs), targets)}
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: Sequence[dict]) -> list[dict[str, Any]]:
+        """Per question: {"question_id", "answer": str, "scores": [A] probabilities}."""
+        missing = [i for i, x in enumerate(batched_inputs) if "question_id" not in x]
+        if missing:
+            raise ValueError(f"VQA inputs {missing} have no 'question_id' (use VLDatasetMapper, task 'vqa')")
+        scores = self.answer_logits(batched_inputs).float().sigmoid()
+        best = scores.argmax(dim=1).tolist()
+        return [
+            {"question_id": x["question_id"], "answer": self.answers[index], "scores": scores_i}
+            for x, index, scores_i in zip(batched_inputs, best, scores)
+        ]
