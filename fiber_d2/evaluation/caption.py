@@ -14,11 +14,11 @@ import string
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 
 from .distributed import gather_unique
+from .records import captions_by_image_id
 
 logger = logging.getLogger(__name__)
 
@@ -149,17 +149,7 @@ class CaptionEvaluator(DatasetEvaluator):
 
     def _reference_captions(self) -> dict[Any, list[str]]:
         if self._references is None:
-            references = {}
-            for record in DatasetCatalog.get(self._dataset_name):
-                if "captions" not in record:
-                    raise ValueError(
-                        f"CaptionEvaluator needs records with 'captions'; dataset {self._dataset_name!r} has a record "
-                        f"with keys {sorted(record)}"
-                    )
-                if record["image_id"] in references:
-                    raise ValueError(f"dataset {self._dataset_name!r}: image_id {record['image_id']!r} is not unique")
-                references[record["image_id"]] = record["captions"]
-            self._references = references
+            self._references = captions_by_image_id(self._dataset_name, type(self).__name__)
         return self._references
 
     def _dump(self, captions: dict[Any, str]) -> None:

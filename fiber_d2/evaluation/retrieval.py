@@ -15,12 +15,12 @@ import os
 from typing import Any, Callable, Sequence
 
 import torch
-from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from .distributed import gather_unique
+from .records import captions_by_image_id
 from .ranking import TOP_K, hit_rate_at_k
 
 logger = logging.getLogger(__name__)
@@ -218,17 +218,8 @@ class RetrievalEvaluator(DatasetEvaluator):
 
     def _captions_per_image(self) -> dict[Any, int]:
         if self._num_captions is None:
-            num_captions = {}
-            for record in DatasetCatalog.get(self._dataset_name):
-                if "captions" not in record:
-                    raise ValueError(
-                        f"RetrievalEvaluator needs records with 'captions'; dataset {self._dataset_name!r} has a "
-                        f"record with keys {sorted(record)}"
-                    )
-                if record["image_id"] in num_captions:
-                    raise ValueError(f"dataset {self._dataset_name!r}: image_id {record['image_id']!r} is not unique")
-                num_captions[record["image_id"]] = len(record["captions"])
-            self._num_captions = num_captions
+            captions = captions_by_image_id(self._dataset_name, type(self).__name__)
+            self._num_captions = {image_id: len(texts) for image_id, texts in captions.items()}
         return self._num_captions
 
     def _dump(
