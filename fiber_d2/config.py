@@ -24,6 +24,9 @@ def add_fiber_config(cfg: CN) -> None:
     # On a horizontal flip, swap "left"/"right" in grounding captions (spans kept right); False: never flip those.
     cfg.INPUT.FLIP_SWAP_LEFT_RIGHT = True
 
+    # LVIS datasets: Fixed AP (top 10,000 per category, no per-image cap; MDETR/FIBER) instead of 300 per image.
+    cfg.TEST.LVIS_FIXED_AP = False
+
     _add_backbone_config(cfg)
     _add_detector_config(cfg)
     _add_vl_input_config(cfg)

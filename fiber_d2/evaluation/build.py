@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, LVISEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from .caption import CaptionEvaluator
 from .flickr30k import FlickrGroundingEvaluator
+from .lvis_compat import StandardLVISEvaluator
+from .lvis_fixed_ap import LVISFixedAPEvaluator
 from .refexp import RefExpEvaluator
 from .retrieval import RetrievalEvaluator
 from .vqa import VQAEvaluator
@@ -15,6 +17,8 @@ from .vqa import VQAEvaluator
 def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
     """The evaluator for `dataset_name`; COCO uses the pure-Python COCOeval (detectron2 here has no compiled ops).
 
+    "lvis": Detectron2's LVISEvaluator (top 300 per image), or Fixed AP (top 10,000 per category, MDETR's/FIBER's
+    protocol) when `cfg.TEST.LVIS_FIXED_AP`;
     "flickr30k": phrase-grounding Recall@k (protocol from the metadata's `merged_gt`); "refexp": Precision@k with
     boxes matched per `cfg.TEST.REFEXP_BOX_MATCH`; "retrieval": image-text Recall@k both ways (no ITM re-ranking);
     "vqa": VQA accuracy; "caption": CIDEr-D.
@@ -23,7 +27,9 @@ def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None =
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder, use_fast_impl=False)
     if evaluator_type == "lvis":
-        return LVISEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+        if cfg.TEST.LVIS_FIXED_AP:
+            return LVISFixedAPEvaluator(dataset_name, output_dir=output_folder)
+        return StandardLVISEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
     if evaluator_type == "flickr30k":
         return FlickrGroundingEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "refexp":
