@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,3 +182,15 @@ def test_vqa_and_caption_configs_train_and_evaluate(datasets_root, tmp_path, con
           *TINY_VL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
     value = json.loads((tmp_path / "results.json").read_text())[dataset][task][metric]
     assert value >= 0.0 and (task == "caption" or value <= 100.0)
+
+
+def test_coarse_stage_hook_interleaves_with_the_fine_stage(datasets_root, tmp_path):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, *COARSE_HOOK,
+          "COARSE_STAGE.MODE", "interleave", "COARSE_STAGE.PERIOD", "2", "COARSE_STAGE.MAX_ITER", "5",
+          "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", tmp_path], datasets_root)
+    metrics = _metrics(tmp_path)
+    # One coarse iteration after fine iterations 1 and 3 (every 2nd), written with the fine metrics of that iteration.
+    assert [m["iteration"] for m in metrics if "coarse/loss_itc" in m] == [3]
+    assert not (tmp_path / "model_coarse_final.pth").exists()
+    hook_state = torch.load(tmp_path / "model_final.pth", weights_only=False)["trainer"]["hooks"]["CoarseStageHook"]
+    assert hook_state["iteration"] == 2  # the hook's state is in the trainer's checkpoint
