@@ -161,3 +161,23 @@ def test_cli_memory(rows):
     assert memory["size"] == "64x96" and memory["unit"] == "MiB"
     assert memory["fusion_on"] > 0 and memory["meter"] > 0 and memory["fusion_off"] > 0
     assert memory["ratio_fusion_on_over_meter"] > 0
+
+
+def test_dyhead_level_shapes_at_800x1333():
+    # 800x1333 is padded to 800x1344; P3-P5 by stride, P6/P7 by 3x3 stride-2 convs (ceil halving).
+    assert benchmark.dyhead_level_shapes((800, 1333)) == [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]
+
+
+def test_dcn_cli_rows_match_torchvision():
+    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "dcn", "--size", "96x128", "--channels", "8",
+               "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [row["level"] for row in rows] == ["p3", "p4", "p5", "p6", "p7"]
+    assert [(row["height"], row["width"]) for row in rows] == [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
+    for row in rows:
+        assert row["max_abs_difference"] < 1e-4  # ours computes what torchvision computes
+        ratios = row["torchvision_over_ours"] * row["ours_over_plain"]  # the three ratios come from the same times
+        assert ratios == pytest.approx(row["torchvision_over_plain"], rel=0.01)
+        assert row["threads"] == 1 and row["channels"] == 8

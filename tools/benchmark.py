@@ -5,10 +5,14 @@
     python tools/benchmark.py backbone --sizes 384x384 --skip-memory --repeats 5
     python tools/benchmark.py backbone --config-file configs/backbone/FIBER-tiny.yaml --sizes 64x96 --text-len 12 \\
         --memory-size 64x96 --repeats 1 --warmup 0
+    python tools/benchmark.py dcn               # the DyHead's 3x3 DCNv2 at P3-P7 of 800x1333, 256 channels
 
 `backbone` measures the fused backbone (random weights: FLOPs, time and memory do not depend on them) with fusion on,
 fusion off (the two unimodal encoders) and a METER-style baseline built here (the unfused backbone plus K = 6
-co-attention layers per stream on top). Rows and their fields are described in docs/BENCHMARKS.md.
+co-attention layers per stream on top). `dcn` times one modulated deformable 3x3 convolution (random offsets and
+masks) three ways at each FPN level's shape: a plain 3x3 convolution (the floor), torchvision's `deform_conv2d`, and
+fiber_d2's `deform_conv_sampled` (what the DyHead uses on CPU). Rows and their fields are described in
+docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -31,12 +35,14 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing fiber_d2
     sys.path.insert(0, str(REPO))
 
 from fiber_d2.modeling.backbone.attention import multi_head_attention, padding_bias  # noqa: E402
+from fiber_d2.modeling.deform_conv import deform_conv_sampled  # noqa: E402
 from fiber_d2.modeling.backbone.fusion import FusionMode  # noqa: E402
 
 logger = logging.getLogger("benchmark")
@@ -496,6 +502,57 @@ def backbone_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------------ DCN
+DCN_STRIDES = (8, 16, 32, 64, 128)  # P3-P7
+
+
+def dyhead_level_shapes(size: tuple[int, int], strides: Sequence[int] = DCN_STRIDES) -> list[tuple[int, int]]:
+    """The FPN map sizes of an image padded to a multiple of 32 (Detectron2's batching), P6/P7 by stride-2 convs."""
+    height, width = (math.ceil(side / 32) * 32 for side in size)
+    shapes: list[tuple[int, int]] = []
+    for stride in strides:
+        if stride <= 32:
+            shapes.append((height // stride, width // stride))
+        else:  # a 3x3 stride-2 conv with padding 1 on the previous level
+            previous = shapes[-1]
+            shapes.append(((previous[0] + 1) // 2, (previous[1] + 1) // 2))
+    return shapes
+
+
+def dcn_command(args: argparse.Namespace) -> int:
+    """One row per FPN level: ms per forward of a plain conv, torchvision's DCNv2 and ours, and their ratios."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads or available_threads())
+    device = torch.device(args.device)
+    channels = args.channels
+    weight = torch.randn(channels, channels, 3, 3, device=device) / math.sqrt(9 * channels)
+    bias = torch.zeros(channels, device=device)
+    for level, (height, width) in zip(("p3", "p4", "p5", "p6", "p7"), dyhead_level_shapes(args.size)):
+        x = torch.randn(1, channels, height, width, device=device)
+        offset = torch.randn(1, 18, height, width, device=device) * args.offset_std
+        mask = torch.rand(1, 9, height, width, device=device)
+        variants = {
+            "plain": lambda: F.conv2d(x, weight, bias, padding=1),
+            "torchvision": lambda: torchvision_deform_conv2d(x, offset, weight, bias, padding=1, mask=mask),
+            "ours": lambda: deform_conv_sampled(x, offset, mask, weight, bias),
+        }
+        with torch.inference_mode():
+            difference = (variants["ours"]() - variants["torchvision"]()).abs().max().item()
+        times = time_variants(variants, (), args.repeats, args.warmup, device)
+        ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+        emit({
+            "bench": "dcn", "level": level, "channels": channels, "height": height, "width": width,
+            "device": device.type, "threads": torch.get_num_threads(), "repeats": args.repeats,
+            "plain_ms": rounded(ms["plain"], 2), "torchvision_ms": rounded(ms["torchvision"], 2),
+            "ours_ms": rounded(ms["ours"], 2),
+            "ours_over_plain": rounded(ms["ours"] / ms["plain"], 3),
+            "torchvision_over_plain": rounded(ms["torchvision"] / ms["plain"], 3),
+            "torchvision_over_ours": rounded(ms["torchvision"] / ms["ours"], 3),
+            "max_abs_difference": difference,
+        })
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------------------- CLI
 def _sizes(text: str) -> list[tuple[int, int]]:
     return [parse_size(part) for part in text.split(",") if part.strip()]
@@ -510,7 +567,7 @@ def _ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{backbone}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{backbone,dcn}")
 
     bench = commands.add_parser("backbone", help="FLOPs, latency and memory: fused backbone vs METER-style fusion")
     bench.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"backbone config (default {DEFAULT_CONFIG})")
@@ -540,6 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                        help="config overrides KEY VALUE ... (must come last)")
     bench.set_defaults(func=backbone_command)
+
+    dcn = commands.add_parser("dcn", help="DyHead DCNv2 per FPN level: plain conv vs torchvision vs fiber_d2")
+    dcn.add_argument("--size", type=parse_size, default=(800, 1333), help="image HEIGHTxWIDTH (default 800x1333)")
+    dcn.add_argument("--channels", type=int, default=256, help="DyHead channels (default 256, FIBER-B)")
+    dcn.add_argument("--offset-std", type=float, default=1.0, help="std of the random offsets, pixels (default 1)")
+    dcn.add_argument("--repeats", type=int, default=5, help="timed forwards per variant and level (default 5)")
+    dcn.add_argument("--warmup", type=int, default=1, help="untimed forwards per variant and level (default 1)")
+    dcn.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
+    dcn.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    dcn.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    dcn.set_defaults(func=dcn_command)
 
     # Internal: one memory measurement in a fresh process (used by `backbone`).
     worker = commands.add_parser("_memory")
