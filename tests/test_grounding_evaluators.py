@@ -1,14 +1,11 @@
 """FlickrGroundingEvaluator and RefExpEvaluator on hand-made records whose metrics are worked out by hand."""
 import json
 import logging
-import uuid
 
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
-from detectron2.utils import comm
 
 from fiber_d2.config import add_fiber_config
 from fiber_d2.evaluation import FlickrGroundingEvaluator, RefExpEvaluator, build_evaluator
@@ -88,23 +85,6 @@ REFEXP_IOU = {"P@1": 25.0, "P@5": 50.0, "P@10": 75.0}
 REFEXP_GIOU = {"P@1": 0.0, "P@5": 25.0, "P@10": 50.0}
 
 
-@pytest.fixture
-def register():
-    names = []
-
-    def _register(records, **metadata):
-        name = f"test_grounding_evaluators_{uuid.uuid4().hex[:8]}"
-        DatasetCatalog.register(name, lambda: records)
-        MetadataCatalog.get(name).set(**metadata)
-        names.append(name)
-        return name
-
-    yield _register
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-
-
 def _evaluate(evaluator, predictions, image_ids=None):
     evaluator.reset()
     for image_id in predictions if image_ids is None else image_ids:
@@ -145,21 +125,12 @@ def test_refexp_iou_and_giou_precision(register):
         RefExpEvaluator(name, match="diou")
 
 
-def test_records_seen_by_two_processes_count_once(register, monkeypatch):
+def test_records_seen_by_two_processes_count_once(register, two_processes):
     name = register(FLICKR_RECORDS, evaluator_type="flickr30k")
-    sent_by_rank1 = []
-
-    def gather_on_rank1(data, dst=0):
-        assert dst == 0
-        sent_by_rank1.append(data)
-        return []
-
-    monkeypatch.setattr(comm, "is_main_process", lambda: False)
-    monkeypatch.setattr(comm, "gather", gather_on_rank1)
+    two_processes.as_rank1()
     assert _evaluate(FlickrGroundingEvaluator(name), FLICKR_PREDICTIONS, image_ids=[2, 3]) == {}
 
-    monkeypatch.setattr(comm, "is_main_process", lambda: True)
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, sent_by_rank1[0]])
+    two_processes.as_rank0()
     # Record 1 twice on rank 0 and record 2 on both ranks: 4 scored phrases, not 5 or 7.
     results = _evaluate(FlickrGroundingEvaluator(name), FLICKR_PREDICTIONS, image_ids=[1, 1, 2])
     assert results == {"grounding": FLICKR_ANY}

@@ -1,12 +1,10 @@
 """Retrieval, VQA and caption evaluators on hand-made data whose metrics are worked out by hand."""
 import json
 import math
-import uuid
 
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from fiber_d2.config import add_fiber_config
@@ -42,23 +40,6 @@ def _reversing_scorer(calls):
         calls.append((images.tolist(), texts.tolist()))
         return 1 - RERANK_SIMILARITY[images, texts]
     return scorer
-
-
-@pytest.fixture
-def register():
-    names = []
-
-    def _register(records, **metadata):
-        name = f"test_image_level_evaluators_{uuid.uuid4().hex[:8]}"
-        DatasetCatalog.register(name, lambda: records)
-        MetadataCatalog.get(name).set(**metadata)
-        names.append(name)
-        return name
-
-    yield _register
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
 
 def _approx(metrics):
@@ -149,15 +130,12 @@ def test_retrieval_evaluator_equals_the_function_and_dumps_ranks(register, tmp_p
         evaluator.process([{"image_id": 20}], [_retrieval_output(10)])
 
 
-def test_retrieval_evaluator_two_processes(register, monkeypatch):
+def test_retrieval_evaluator_two_processes(register, two_processes):
     name = register(_retrieval_records(), evaluator_type="retrieval")
-    sent_by_rank1 = []
-    monkeypatch.setattr(comm, "is_main_process", lambda: False)
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: sent_by_rank1.append(data) or [])
+    two_processes.as_rank1()
     assert _evaluate_retrieval(RetrievalEvaluator(name, ks=(1, 2)), [30, 10]) == {}
 
-    monkeypatch.setattr(comm, "is_main_process", lambda: True)
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, sent_by_rank1[0]])
+    two_processes.as_rank0()
     # Image 10 on both processes (padding) counts once.
     assert _evaluate_retrieval(RetrievalEvaluator(name, ks=(1, 2)), [20, 10]) == {"retrieval": _approx(RECALLS_AT_1_2)}
 
@@ -243,14 +221,11 @@ def test_vqa_evaluator_accuracy_per_type_and_submission_file(register, tmp_path)
         evaluator.process([{}], [{"question_id": 77, "answer": "yes"}])
 
 
-def test_vqa_evaluator_two_processes(register, monkeypatch):
+def test_vqa_evaluator_two_processes(register, two_processes):
     name = register(VQA_RECORDS, evaluator_type="vqa")
-    sent_by_rank1 = []
-    monkeypatch.setattr(comm, "is_main_process", lambda: False)
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: sent_by_rank1.append(data) or [])
+    two_processes.as_rank1()
     assert _evaluate_vqa(VQAEvaluator(name), [3, 4]) == {}
-    monkeypatch.setattr(comm, "is_main_process", lambda: True)
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, sent_by_rank1[0]])
+    two_processes.as_rank0()
     assert _evaluate_vqa(VQAEvaluator(name), [1, 2, 3]) == {"vqa": _approx(VQA_METRICS)}
 
 

@@ -13,7 +13,6 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
-from detectron2.utils import comm
 from lvis import LVIS
 
 from fiber_d2.config import add_fiber_config
@@ -186,21 +185,12 @@ def test_image_seen_twice_counts_once_and_errors_name_the_dataset(register, capl
         LVISFixedAPEvaluator(name, top_k_per_category=0)
 
 
-def test_two_processes_gather_on_the_main_one(register, monkeypatch):
+def test_two_processes_gather_on_the_main_one(register, two_processes):
     name = register()
-    sent_by_rank1 = []
-
-    def gather_on_rank1(data, dst=0):
-        assert dst == 0
-        sent_by_rank1.append(data)
-        return []
-
-    monkeypatch.setattr(comm, "is_main_process", lambda: False)
-    monkeypatch.setattr(comm, "gather", gather_on_rank1)
+    two_processes.as_rank1()
     assert _evaluate(LVISFixedAPEvaluator(name, top_k_per_category=2), image_ids=[2]) == {}
 
-    monkeypatch.setattr(comm, "is_main_process", lambda: True)
-    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, sent_by_rank1[0]])
+    two_processes.as_rank0()
     # Image 2 on both ranks (the inference sampler pads the last batch): counted once.
     results = _evaluate(LVISFixedAPEvaluator(name, top_k_per_category=2), image_ids=[1, 2])
     _assert_metrics(results["bbox"], _full(FIXED_TOP_2))

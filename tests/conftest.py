@@ -1,0 +1,53 @@
+"""Fixtures shared by the evaluator tests: throw-away dataset registrations and a simulated 2-process gather."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
+
+
+@pytest.fixture
+def register():
+    """register(records, **metadata) -> a new dataset name; every registration is removed after the test."""
+    names = []
+
+    def _register(records, **metadata):
+        name = f"test_dataset_{uuid.uuid4().hex[:8]}"
+        DatasetCatalog.register(name, lambda: records)
+        MetadataCatalog.get(name).set(**metadata)
+        names.append(name)
+        return name
+
+    yield _register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+class TwoProcesses:
+    """Detectron2's `comm` as process 1 sees it (its gather only sends), then as process 0 (it also receives what
+    process 1 sent)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._monkeypatch = monkeypatch
+        self.sent_by_rank1: list = []
+
+    def as_rank1(self) -> None:
+        def gather(data, dst=0):
+            assert dst == 0
+            self.sent_by_rank1.append(data)
+            return []
+
+        self._monkeypatch.setattr(comm, "is_main_process", lambda: False)
+        self._monkeypatch.setattr(comm, "gather", gather)
+
+    def as_rank0(self) -> None:
+        self._monkeypatch.setattr(comm, "is_main_process", lambda: True)
+        self._monkeypatch.setattr(comm, "gather", lambda data, dst=0: [data, self.sent_by_rank1[0]])
+
+
+@pytest.fixture
+def two_processes(monkeypatch):
+    return TwoProcesses(monkeypatch)
