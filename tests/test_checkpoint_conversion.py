@@ -36,7 +36,8 @@ from fiber_d2.checkpoint.fiber_official import (
 from fiber_d2.checkpoint.io import load_checkpoint_file
 from fiber_d2.config import add_fiber_config
 from fiber_d2.model_zoo import get_config_file
-from fiber_d2.modeling import FiberBackbone
+from fiber_d2.modeling import FiberBackbone, FiberCoarseModel
+from fiber_d2.modeling.vl_model import build_coarse_heads
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "convert_fiber_checkpoint.py"
@@ -88,34 +89,17 @@ class FineModel(nn.Module):
         return self.backbone.bottom_up(images, ids, mask)
 
 
-class Pooler(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-
-
-class MLMHead(nn.Module):
-    def __init__(self, hidden, vocab):
-        super().__init__()
-        self.transform = nn.ModuleDict({"dense": nn.Linear(hidden, hidden), "norm": nn.LayerNorm(hidden)})
-        self.decoder = nn.Linear(hidden, vocab)
+NUM_ANSWERS = 3
 
 
 class CoarseModel(nn.Module):
-    """FiberBackbone plus the coarse heads, sized like the official ones (text 768 -> 128, image 1024 -> 256)."""
+    """The image-level models' layout (FiberCoarseModel / FiberVQAModel): FiberBackbone + CoarseHeads, here with the
+    VQA classifier too, sized like the official ones (text 768 -> 128, image 1024 -> 256)."""
 
     def __init__(self, cfg):
         super().__init__()
         self.backbone = FiberBackbone(cfg)
-        hidden, vocab = cfg.MODEL.FIBER.TEXT.HIDDEN_SIZE, cfg.MODEL.FIBER.TEXT.VOCAB_SIZE
-        image_dim = self.backbone.image.num_features[-1]
-        self.fused_text_proj, self.itc_text_proj = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
-        self.fused_image_proj, self.itc_image_proj = nn.Linear(image_dim, hidden), nn.Linear(image_dim, hidden)
-        self.fused_text_pooler, self.fused_image_pooler = Pooler(hidden), Pooler(hidden)
-        self.itc_text_pooler, self.itc_image_pooler = Pooler(hidden), Pooler(hidden)
-        self.mlm_head = MLMHead(hidden, vocab)
-        self.itm_head = nn.Linear(2 * hidden, 2)
-        self.itc_temperature = nn.Parameter(torch.tensor(0.07))
+        self.heads = build_coarse_heads(cfg, self.backbone, num_answers=NUM_ANSWERS)
 
     def encode(self, images, ids, mask):
         return self.backbone(images, ids, mask)
@@ -206,17 +190,20 @@ def official_coarse_model(model):
             out[f"vit_model.layers.{s}.blocks.{b}.attn_mask"] = torch.zeros(4, 49, 49)
     out.update(params_of("vit_model.norm", image.out_norms["res5"]))
     out.update(official_roberta(text, "text_transformer.", coarse=True))
+    heads = model.heads
     for side in ("text", "image"):
-        out.update(params_of(f"cross_modal_{side}_transform", getattr(model, f"fused_{side}_proj")))
-        out.update(params_of(f"cross_modal_{side}_transform_itc", getattr(model, f"itc_{side}_proj")))
-        out.update(params_of(f"cross_modal_{side}_pooler.dense", getattr(model, f"fused_{side}_pooler").dense))
-        out.update(params_of(f"cross_modal_{side}_pooler_itc.dense", getattr(model, f"itc_{side}_pooler").dense))
-    out.update(params_of("mlm_score.transform.dense", model.mlm_head.transform["dense"]))
-    out.update(params_of("mlm_score.transform.LayerNorm", model.mlm_head.transform["norm"]))
-    out["mlm_score.decoder.weight"], out["mlm_score.bias"] = model.mlm_head.decoder.weight, model.mlm_head.decoder.bias
-    out.update(params_of("itm_score.fc", model.itm_head))
-    out["rank_output.weight"], out["rank_output.bias"] = model.itm_head.weight[1:], model.itm_head.bias[1:]
-    out["temp"] = model.itc_temperature
+        out.update(params_of(f"cross_modal_{side}_transform", getattr(heads.fused, f"{side}_transform")))
+        out.update(params_of(f"cross_modal_{side}_transform_itc", getattr(heads.itc, f"{side}_transform")))
+        out.update(params_of(f"cross_modal_{side}_pooler.dense", getattr(heads.fused, f"{side}_pooler").dense))
+        out.update(params_of(f"cross_modal_{side}_pooler_itc.dense", getattr(heads.itc, f"{side}_pooler").dense))
+    out.update(params_of("mlm_score.transform.dense", heads.mlm.dense))
+    out.update(params_of("mlm_score.transform.LayerNorm", heads.mlm.layer_norm))
+    out["mlm_score.decoder.weight"], out["mlm_score.bias"] = heads.mlm.decoder.weight, heads.mlm.bias
+    out.update(params_of("itm_score.fc", heads.itm))
+    out["rank_output.weight"], out["rank_output.bias"] = heads.itm.weight[1:], heads.itm.bias[1:]
+    out["temp"] = heads.temperature
+    for i in (0, 1, 3):
+        out.update(params_of(f"vqa_classifier.{i}", heads.vqa[i]))
     out["image_queue"], out["text_queue"] = torch.randn(hidden, NUM_QUEUE), torch.randn(hidden, NUM_QUEUE)
     out["image_input_queue"] = torch.randn(NUM_QUEUE, 3, 8, 8)
     out["text_input_queue"] = torch.zeros(NUM_QUEUE, 5, dtype=torch.long)
@@ -480,12 +467,22 @@ def test_coarse_checkpoint_converts_heads_and_drops_extras(tmp_path, capsys):
     assert len(report.dropped[DROP_POOLER]) == 2
     assert report.dropped[DROP_ATTN_MASK] == ["vit_model.layers.2.blocks.1.attn_mask"]
     converted = report.state_dict
-    assert converted["mlm_head.decoder.bias"] is state["mlm_score.bias"]
-    assert converted["mlm_head.transform.norm.weight"] is state["mlm_score.transform.LayerNorm.weight"]
-    assert converted["itm_head.weight"] is state["itm_score.fc.weight"]
-    assert converted["itc_temperature"] is state["temp"]
-    assert converted["itc_image_pooler.dense.weight"] is state["cross_modal_image_pooler_itc.dense.weight"]
+    assert converted["heads.mlm.bias"] is converted["heads.mlm.decoder.bias"] is state["mlm_score.bias"]
+    assert converted["heads.mlm.layer_norm.weight"] is state["mlm_score.transform.LayerNorm.weight"]
+    assert converted["heads.itm.weight"] is state["itm_score.fc.weight"]
+    assert converted["heads.temperature"] is state["temp"]
+    assert converted["heads.itc.image_pooler.dense.weight"] is state["cross_modal_image_pooler_itc.dense.weight"]
+    assert converted["heads.vqa.3.bias"] is state["vqa_classifier.3.bias"]
     assert converted["backbone.image.out_norms.res5.weight"] is state["vit_model.norm.weight"]
+    # The real coarse model has exactly the converted names, less the VQA ones; its own ITC queue state (rebuilt
+    # empty) aside.
+    coarse_cfg = cfg.clone()
+    coarse_cfg.MODEL.FIBER.COARSE.ITC_QUEUE_SIZE = 0
+    coarse_keys = {
+        key for key in FiberCoarseModel(coarse_cfg).state_dict()
+        if not key.startswith("queue.")
+    }
+    assert coarse_keys == {key for key in converted if not key.startswith("heads.vqa.")}
 
     output = tmp_path / "fiber_coarse_d2.pth"
     assert convert_tool.main([str(path), str(output)]) == 0

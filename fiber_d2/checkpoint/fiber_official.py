@@ -26,19 +26,20 @@ Fine stage (maskrcnn_benchmark `model` / `model_ema`: `fusion_backbone.*`, `rpn.
     head.{bbox_pred,centerness,scales.{l}.scale,log_scale,bias_lang,bias0}   (the same names under rpn.head)
     head.text_projection                                           (rpn.head.dot_product_projection_text)
 
-Coarse stage (Lightning `state_dict` of fiber_pretrain.ckpt), for a model whose `backbone` is FiberBackbone (no FPN)
-and whose heads sit at the top level:
+Coarse stage (Lightning `state_dict` of fiber_pretrain.ckpt or a fine-tuned VQA checkpoint), for an image-level
+model (`FiberCoarseModel`, `FiberVQAModel`: `backbone` is FiberBackbone without FPN, `heads` is CoarseHeads):
     backbone.image.*, backbone.text.*     as above (vit_model.*, text_transformer.*); the final Swin `norm` ->
                                           backbone.image.out_norms.res5 (the merging is at the end of each stage too)
-    fused_text_proj, fused_image_proj     Linear 768->768, 1024->768 (cross_modal_{text,image}_transform)
-    itc_text_proj, itc_image_proj         the same shapes (cross_modal_{text,image}_transform_itc)
-    fused_{text,image}_pooler.dense       Linear 768->768 (cross_modal_{text,image}_pooler.dense)
-    itc_{text,image}_pooler.dense         Linear 768->768 (cross_modal_{text,image}_pooler_itc.dense)
-    mlm_head.transform.dense              Linear 768->768 (mlm_score.transform.dense)
-    mlm_head.transform.norm               LayerNorm 768 (mlm_score.transform.LayerNorm)
-    mlm_head.decoder.{weight,bias}        Linear 768->vocab; its bias is the official separate `mlm_score.bias`
-    itm_head.{weight,bias}                Linear 1536->2 (itm_score.fc)
-    itc_temperature                       scalar (temp)
+    heads.fused.{text,image}_transform    Linear 768->768, 1024->768 (cross_modal_{text,image}_transform)
+    heads.itc.{text,image}_transform      the same shapes (cross_modal_{text,image}_transform_itc)
+    heads.fused.{text,image}_pooler.dense Linear 768->768 (cross_modal_{text,image}_pooler.dense)
+    heads.itc.{text,image}_pooler.dense   Linear 768->768 (cross_modal_{text,image}_pooler_itc.dense)
+    heads.mlm.dense, heads.mlm.layer_norm Hugging Face RobertaLMHead (mlm_score.transform.{dense,LayerNorm})
+    heads.mlm.decoder.weight, heads.mlm.bias   Linear 768->vocab (mlm_score.decoder.weight) and the official separate
+                                          `mlm_score.bias`, also written as heads.mlm.decoder.bias (tied)
+    heads.itm                             Linear 1536->2 (itm_score.fc)
+    heads.temperature                     scalar (temp)
+    heads.vqa.{0,1,3}                     the VQA classifier Linear, LayerNorm, Linear (vqa_classifier.{0,1,3})
 
 Dropped on purpose: non-persistent buffers we rebuild (relative_position_index, attn_mask, RoBERTa position_ids /
 token_type_ids, rpn.anchor_generator cell anchors), GLIP's frozen class head `rpn.head.cls_logits` (its loss weight is
@@ -206,16 +207,17 @@ COARSE_RULES: list[Rule] = [
     *_swin_rules(r"vit_model\.", "backbone.image."),
     Rule(r"vit_model\.norm\." + _W, "backbone.image.out_norms.res5.{p}"),
     *_roberta_rules(r"text_transformer\.", "backbone.text."),
-    Rule(r"cross_modal_(?P<m>text|image)_transform\." + _W, "fused_{m}_proj.{p}"),
-    Rule(r"cross_modal_(?P<m>text|image)_transform_itc\." + _W, "itc_{m}_proj.{p}"),
-    Rule(r"cross_modal_(?P<m>text|image)_pooler\.dense\." + _W, "fused_{m}_pooler.dense.{p}"),
-    Rule(r"cross_modal_(?P<m>text|image)_pooler_itc\.dense\." + _W, "itc_{m}_pooler.dense.{p}"),
-    Rule(r"mlm_score\.transform\.dense\." + _W, "mlm_head.transform.dense.{p}"),
-    Rule(r"mlm_score\.transform\.LayerNorm\." + _W, "mlm_head.transform.norm.{p}"),
-    Rule(r"mlm_score\.decoder\.weight", "mlm_head.decoder.weight"),
-    Rule(r"mlm_score\.bias", "mlm_head.decoder.bias"),
-    Rule(r"itm_score\.fc\." + _W, "itm_head.{p}"),
-    Rule(r"temp", "itc_temperature"),
+    Rule(r"cross_modal_(?P<m>text|image)_transform\." + _W, "heads.fused.{m}_transform.{p}"),
+    Rule(r"cross_modal_(?P<m>text|image)_transform_itc\." + _W, "heads.itc.{m}_transform.{p}"),
+    Rule(r"cross_modal_(?P<m>text|image)_pooler\.dense\." + _W, "heads.fused.{m}_pooler.dense.{p}"),
+    Rule(r"cross_modal_(?P<m>text|image)_pooler_itc\.dense\." + _W, "heads.itc.{m}_pooler.dense.{p}"),
+    Rule(r"mlm_score\.transform\.dense\." + _W, "heads.mlm.dense.{p}"),
+    Rule(r"mlm_score\.transform\.LayerNorm\." + _W, "heads.mlm.layer_norm.{p}"),
+    Rule(r"mlm_score\.decoder\.weight", "heads.mlm.decoder.weight"),
+    Rule(r"mlm_score\.bias", "heads.mlm.bias"),
+    Rule(r"itm_score\.fc\." + _W, "heads.itm.{p}"),
+    Rule(r"temp", "heads.temperature"),
+    Rule(r"vqa_classifier\.(?P<i>[013])\." + _W, "heads.vqa.{i}.{p}"),
     Rule(r"rank_output\." + _W, None, DROP_RANK_OUTPUT),
     Rule(
         r"(?:image|text)_queue|(?:image|text)_input_queue|text_input_mask_queue|queue_ptr|queue_total",
@@ -225,6 +227,8 @@ COARSE_RULES: list[Rule] = [
 ]
 
 RULES: dict[str, list[Rule]] = {"fine": FINE_RULES, "coarse": COARSE_RULES}
+# Names our models tie to another converted name (one tensor under both, as the model's state dict has it).
+TIED_NAMES: dict[str, dict[str, str]] = {"fine": {}, "coarse": {"heads.mlm.bias": "heads.mlm.decoder.bias"}}
 
 
 @dataclasses.dataclass
@@ -308,4 +312,7 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], *, stage
             break
         else:
             unmapped.append(key)
+    for name, tied in TIED_NAMES[stage].items():
+        if name in converted:
+            converted[tied] = converted[name]
     return ConversionReport(stage=stage, state_dict=converted, unmapped=unmapped, dropped=dropped)
