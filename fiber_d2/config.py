@@ -27,6 +27,10 @@ def add_fiber_config(cfg: CN) -> None:
     # LVIS datasets: Fixed AP (top 10,000 per category, no per-image cap; MDETR/FIBER) instead of 300 per image.
     cfg.TEST.LVIS_FIXED_AP = False
 
+    # Retrieval with FiberCoarseModel: re-rank each query's top k ITC candidates by the fused model's ITM probability
+    # (0: ITC ranking only; FIBER's ITM numbers score every pair, i.e. k >= the number of images and texts).
+    cfg.TEST.RETRIEVAL_ITM_TOP_K = 0
+
     _add_backbone_config(cfg)
     _add_detector_config(cfg)
     _add_vl_input_config(cfg)
@@ -105,6 +109,12 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.PROMPT.SEPARATOR = ". "
     # Category names per prompt at inference; longer vocabularies run chunk by chunk (LVIS: 40); 0 = as many as fit.
     cfg.MODEL.FIBER.PROMPT.CHUNK_SIZE = 40
+    # Inference: lower backbone once per image and per prompt, fused part + FPN + head per chunk; False: all per chunk.
+    cfg.MODEL.FIBER.PROMPT.REUSE_LOWER = True
+    # Inference with REUSE_LOWER: chunks per forward of the fused upper part, FPN and head (1: one at a time).
+    cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH = 8
+    # Inference with REUSE_LOWER: prompts whose lower text states stay cached (LRU; train/eval/load empty it); 0: none.
+    cfg.MODEL.FIBER.PROMPT.TEXT_CACHE_SIZE = 64
     # Training on detection data: random negative category names added to each image's positives (GLIP: 85).
     cfg.MODEL.FIBER.PROMPT.TRAIN_NEGATIVES = 85
     # Training on detection data: shuffle the order of the names in each prompt.

@@ -223,3 +223,36 @@ def test_hook_rejects_bad_settings(tokenizer_dir):
     cfg.COARSE_STAGE.MODE = "after"
     with pytest.raises(ValueError, match="COARSE_STAGE.MODE"):
         CoarseStageHook(cfg, model)
+
+
+def test_itm_scorer_gives_the_models_match_probability_for_dataset_pairs(tokenizer_dir, register):
+    from fiber_d2.evaluation.itm_scorer import DatasetItmScorer
+
+    torch.manual_seed(0)
+    model = build_model(micro_cfg(tokenizer_dir)).eval()
+    open_gates(model)
+    records = {i: pair(seed=i, image_id=i) for i in (7, 8, 9)}
+    captions = {i: [pair(seed=10 * i + j, image_id=i)["input_ids"] for j in range(2)] for i in records}
+    mapped = []
+
+    def mapper(record):
+        mapped.append(record["image_id"])
+        return {"image": records[record["image_id"]]["image"], "captions_input_ids": captions[record["image_id"]]}
+
+    name = register([{"image_id": i} for i in records])
+    scorer = DatasetItmScorer(model, name, mapper, batch_size=2)
+    image_ids = [7, 7, 7, 8, 9]
+    pairs = [(7, 0), (8, 1), (9, 0), (7, 1), (9, 1)]
+    probabilities = scorer(image_ids, pairs)
+    assert probabilities.shape == (5,)
+    for p, (image_id, (text_image, j)) in enumerate(zip(image_ids, pairs)):
+        ids = captions[text_image][j]
+        expected = model.match_probability(
+            model.preprocess_images([records[image_id]]), ids[None], torch.ones(1, len(ids), dtype=torch.long)
+        )
+        assert probabilities[p].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert len(set(probabilities.tolist())) > 1  # the pairs really differ
+    # Captions are kept once mapped; only the current image is kept: 7 once, 8 and 9 for a caption, then an image.
+    assert {i: mapped.count(i) for i in records} == {7: 1, 8: 2, 9: 2}
+    with pytest.raises(KeyError, match="image_id 5 is not a record"):
+        scorer([5], [(7, 0)])

@@ -138,8 +138,9 @@ TINY_VL = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0", "SOLVER.W
 
 
 def test_coarse_only_config_trains_and_evaluates_retrieval(datasets_root, tmp_path):
-    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", COARSE, *TINY_VL,
-          "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", COARSE, *TINY_VL,
+                "SOLVER.MAX_ITER", "2", "TEST.RETRIEVAL_ITM_TOP_K", "2", "OUTPUT_DIR", tmp_path], datasets_root)
+    assert "ITM re-ranking of the top 2" in log
     losses = [m for m in _metrics(tmp_path) if "total_loss" in m][-1]
     assert {"loss_itc", "loss_itm", "loss_mlm"} <= set(losses)
     retrieval = json.loads((tmp_path / "results.json").read_text())["fiber_shapes_pairs_val"]["retrieval"]

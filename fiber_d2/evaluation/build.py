@@ -10,17 +10,20 @@ from .flickr30k import FlickrGroundingEvaluator
 from .lvis_compat import StandardLVISEvaluator
 from .lvis_fixed_ap import LVISFixedAPEvaluator
 from .refexp import RefExpEvaluator
-from .retrieval import RetrievalEvaluator
+from .retrieval import ItmScorer, RetrievalEvaluator
 from .vqa import VQAEvaluator
 
 
-def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: str | None = None, itm_scorer: ItmScorer | None = None
+) -> DatasetEvaluator:
     """The evaluator for `dataset_name`; COCO uses the pure-Python COCOeval (detectron2 here has no compiled ops).
 
     "lvis": Detectron2's LVISEvaluator (top 300 per image), or Fixed AP (top 10,000 per category, MDETR's/FIBER's
     protocol) when `cfg.TEST.LVIS_FIXED_AP`;
     "flickr30k": phrase-grounding Recall@k (protocol from the metadata's `merged_gt`); "refexp": Precision@k with
-    boxes matched per `cfg.TEST.REFEXP_BOX_MATCH`; "retrieval": image-text Recall@k both ways (no ITM re-ranking);
+    boxes matched per `cfg.TEST.REFEXP_BOX_MATCH`; "retrieval": image-text Recall@k both ways, with ITM re-ranking of
+    the top `cfg.TEST.RETRIEVAL_ITM_TOP_K` by `itm_scorer` (see `DatasetItmScorer`) when that is > 0;
     "vqa": VQA accuracy; "caption": CIDEr-D.
     """
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
@@ -35,6 +38,13 @@ def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None =
     if evaluator_type == "refexp":
         return RefExpEvaluator(dataset_name, match=cfg.TEST.REFEXP_BOX_MATCH, output_dir=output_folder)
     if evaluator_type == "retrieval":
+        top_k = cfg.TEST.RETRIEVAL_ITM_TOP_K
+        if top_k > 0 and itm_scorer is None:
+            raise ValueError(
+                f"TEST.RETRIEVAL_ITM_TOP_K = {top_k} needs an ITM scorer for {dataset_name!r} (a FiberCoarseModel)"
+            )
+        if top_k > 0:
+            return RetrievalEvaluator(dataset_name, output_dir=output_folder, itm_top_k=top_k, itm_scorer=itm_scorer)
         return RetrievalEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "vqa":
         return VQAEvaluator(dataset_name, output_dir=output_folder)

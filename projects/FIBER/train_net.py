@@ -20,6 +20,7 @@ from detectron2.utils.logger import setup_logger
 from fiber_d2.config import add_fiber_config
 from fiber_d2.data import (
     PromptError,
+    VLDatasetMapper,
     build_grounding_test_loader,
     build_grounding_train_loader,
     build_vl_test_loader,
@@ -30,6 +31,7 @@ from fiber_d2.engine import launch
 from fiber_d2.engine.coarse_hook import CoarseStageHook
 from fiber_d2.evaluation import build_evaluator, save_results_json
 from fiber_d2.evaluation.caption import CaptionEvaluator
+from fiber_d2.evaluation.itm_scorer import DatasetItmScorer
 from fiber_d2.modeling import (  # importing the package registers the models
     FiberCaptionModel,
     FiberCoarseModel,
@@ -96,11 +98,16 @@ class Trainer(DefaultTrainer):
         return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, model=None):
+        """`model`: the model under test, for retrieval's ITM re-ranking (TEST.RETRIEVAL_ITM_TOP_K > 0)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         if cfg.MODEL.META_ARCHITECTURE == FiberCaptionModel.__name__:  # any image-caption set, whatever its type
             return CaptionEvaluator(dataset_name, output_dir=output_folder)
-        return build_evaluator(cfg, dataset_name, output_folder)
+        model = getattr(model, "module", model)  # DistributedDataParallel
+        itm_scorer = None
+        if cfg.TEST.RETRIEVAL_ITM_TOP_K > 0 and isinstance(model, FiberCoarseModel):
+            itm_scorer = DatasetItmScorer(model, dataset_name, VLDatasetMapper(cfg, False, task="retrieval"))
+        return build_evaluator(cfg, dataset_name, output_folder, itm_scorer)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -108,6 +115,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
+        if evaluators is None and cfg.TEST.RETRIEVAL_ITM_TOP_K > 0:
+            evaluators = [cls.build_evaluator(cfg, name, model=model) for name in cfg.DATASETS.TEST]
         results = super().test(cfg, model, evaluators)
         if len(cfg.DATASETS.TEST) == 1:  # DefaultTrainer.test drops the dataset level for a single dataset
             results = {cfg.DATASETS.TEST[0]: results}
