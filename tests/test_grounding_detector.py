@@ -188,6 +188,44 @@ def test_predictor_detects_prompt_phrases_and_loads_saved_weights(tokenizer_dir,
         predictor(bgr, " . ")
 
 
+def test_predict_batch_equals_one_image_at_a_time(tokenizer_dir, tmp_path):
+    model = micro_model(tokenizer_dir, seed=4)
+    open_gates(model)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    cfg = micro_cfg(tokenizer_dir, **{"MODEL.WEIGHTS": str(tmp_path / "model.pth"),
+                                      "MODEL.FIBER.HEAD.SCORE_THRESH_TEST": 0.0})
+    predictor = FiberPredictor(cfg)
+    rng = np.random.default_rng(1)
+    # Resized to 128x96, 41x128, 96x96 and 128x96 again: three padded sizes, the first and last share one.
+    sizes = [(120, 90), (64, 200), (100, 100), (240, 180)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    prompt = "red circle. blue star. green square"
+    singles = [predictor(image, prompt) for image in images]
+
+    forward = predictor.model.forward
+    batch_sizes = []
+
+    def counting_forward(batched_inputs):
+        batch_sizes.append(len(batched_inputs))
+        return forward(batched_inputs)
+
+    predictor.model.forward = counting_forward
+    batch = predictor.predict_batch(images, prompt)
+    assert sorted(batch_sizes) == [1, 1, 2]
+    assert len(batch) == len(images)
+    for single, batched, (height, width) in zip(singles, batch, sizes):
+        assert batched["label_names"] == single["label_names"] == ["red circle", "blue star", "green square"]
+        a, b = single["instances"], batched["instances"]
+        assert b.image_size == (height, width)
+        assert len(a) == len(b) > 0
+        torch.testing.assert_close(b.pred_boxes.tensor, a.pred_boxes.tensor, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(b.scores, a.scores, atol=1e-5, rtol=1e-5)
+        assert torch.equal(b.pred_classes, a.pred_classes)
+    assert predictor.predict_batch([], prompt) == []
+    with pytest.raises(ValueError, match=r"image 1: expected an array \[H, W, 3\]"):
+        predictor.predict_batch([images[0], images[1][:, :, 0]], prompt)
+
+
 def official_head_state(model) -> dict[str, torch.Tensor]:
     """The official `rpn.head.*` keys of our head (GLIP's VLDyHead names), built by the inverse of the converter."""
     out = {}
