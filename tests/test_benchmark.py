@@ -1,5 +1,5 @@
-"""tools/benchmark.py: the SDPA FLOP handle, the METER-style baseline, and the `backbone` subcommand end to end on
-FIBER-tiny at a small size (every stdout line is a JSON row)."""
+"""tools/benchmark.py: the SDPA FLOP handle, the METER-style baseline, and the `backbone`, `dcn` and `lvis` subcommands
+end to end on tiny models at small sizes (every stdout line is a JSON row)."""
 import importlib.util
 import json
 import math
@@ -15,6 +15,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "backbone" / "FIBER-tiny.yaml"
+TINY_GROUNDING = REPO / "configs" / "fiber_shapes" / "fiber_tiny_grounding.yaml"
 
 
 def _load_benchmark():
@@ -181,3 +182,35 @@ def test_dcn_cli_rows_match_torchvision():
         ratios = row["torchvision_over_ours"] * row["ours_over_plain"]  # the three ratios come from the same times
         assert ratios == pytest.approx(row["torchvision_over_plain"], rel=0.01)
         assert row["threads"] == 1 and row["channels"] == 8
+
+
+def test_lvis_cli_rows_are_consistent():
+    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "lvis", "--config-file", str(TINY_GROUNDING),
+               "--names-tokenizer", "--size", "64x96", "--num-chunks", "3", "--chunk-batch", "2", "--repeats", "1",
+               "--warmup", "0", "--threads", "1", "--device", "cpu"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    chunks, (summary,) = rows[:-1], rows[-1:]
+    assert [row["metric"] for row in chunks] == ["chunk"] * 3 and summary["metric"] == "latency"
+    for row in rows:
+        assert row["bench"] == "lvis" and row["model"] == "fiber_tiny_grounding" and row["threads"] == 1
+        assert row["size"] == "64x96" and row["input_size"] == "64x96" and row["repeats"] == 1
+    parts = ("text_lower_ms", "upper_ms", "fpn_ms", "head_ms")
+    for index, row in enumerate(chunks):
+        assert row["chunk"] == index and row["names"] == 40 and 40 < row["tokens"] <= 256
+        assert all(row[part] > 0 for part in parts)
+    # 1203 LVIS names in chunks of 40: 31 prompts, the first 3 timed.
+    assert summary["all_chunks"] == 31 and summary["num_chunks"] == 3 and summary["names"] == 120
+    assert summary["chunk_size"] == 40 and summary["chunk_batch"] == 2
+    assert summary["tokens_min"] <= summary["tokens_mean"] <= summary["tokens_max"]
+    assert summary["tokens_max"] == max(row["tokens"] for row in chunks)
+    for key in ("naive_ms", "ours_ms", "floor_ms", "image_lower_ms", *parts):
+        assert summary[key] > 0, key
+    for part in parts:  # the summary's parts are the sums over the chunks
+        assert summary[part] == pytest.approx(sum(row[part] for row in chunks), abs=0.03)
+    floor = summary["image_lower_ms"] + summary["upper_ms"] + summary["fpn_ms"] + summary["head_ms"]
+    assert summary["floor_ms"] == pytest.approx(floor, abs=0.05)
+    assert summary["ours_over_floor"] == pytest.approx(summary["ours_ms"] / summary["floor_ms"], rel=5e-3)
+    assert summary["naive_over_ours"] == pytest.approx(summary["naive_ms"] / summary["ours_ms"], rel=5e-3)

@@ -6,13 +6,16 @@
     python tools/benchmark.py backbone --config-file configs/backbone/FIBER-tiny.yaml --sizes 64x96 --text-len 12 \\
         --memory-size 64x96 --repeats 1 --warmup 0
     python tools/benchmark.py dcn               # the DyHead's 3x3 DCNv2 at P3-P7 of 800x1333, 256 channels
+    python tools/benchmark.py lvis --num-chunks 3 --repeats 1   # FIBER-B at 800x1333, LVIS names in chunks of 40
 
 `backbone` measures the fused backbone (random weights: FLOPs, time and memory do not depend on them) with fusion on,
 fusion off (the two unimodal encoders) and a METER-style baseline built here (the unfused backbone plus K = 6
 co-attention layers per stream on top). `dcn` times one modulated deformable 3x3 convolution (random offsets and
 masks) three ways at each FPN level's shape: a plain 3x3 convolution (the floor), torchvision's `deform_conv2d`, and
-fiber_d2's `deform_conv_sampled` (what the DyHead uses on CPU). Rows and their fields are described in
-docs/BENCHMARKS.md.
+fiber_d2's `deform_conv_sampled` (what the DyHead uses on CPU). `lvis` times one image's detection over the 1203
+LVIS names in prompt chunks: the whole detector per chunk (naive), the detector reusing the text-independent lower
+backbone (ours, MODEL.FIBER.PROMPT.REUSE_LOWER), and the floor (the image lower part once plus the fused upper part,
+FPN and head per chunk, each timed alone). Rows and their fields are described in docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ from fiber_d2.modeling.backbone.fusion import FusionMode  # noqa: E402
 logger = logging.getLogger("benchmark")
 
 DEFAULT_CONFIG = "configs/backbone/FIBER-B.yaml"
+LVIS_CONFIG = "configs/fiber_b/lvis_minival_zeroshot.yaml"
 DEFAULT_SIZES = "384x384,800x1333"
 # FIBER's text lengths: the coarse stage truncates captions to 40 tokens (images 384/576); the fine stage pads every
 # query to MAX_QUERY_LEN = 256 (images 800x1333).
@@ -553,6 +557,131 @@ def dcn_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------- LVIS
+LVIS_CHUNK_PARTS = ("text_lower", "upper", "fpn", "head")  # timed per chunk; the floor sums all but text_lower
+
+
+def lvis_names() -> list[str]:
+    """The 1203 LVIS v1 category names as the evaluation prompts them (detectron2's thing_classes, cleaned)."""
+    from detectron2.data.datasets.lvis import get_lvis_instances_meta
+
+    from fiber_d2.data.prompts import clean_category_name
+
+    return [clean_category_name(name) for name in get_lvis_instances_meta("lvis_v1")["thing_classes"]]
+
+
+def lvis_tokenizer(cfg, names: Sequence[str], train_on_names: bool, workdir: str) -> tuple[Any, str]:
+    """(tokenizer, description): MODEL.FIBER.TOKENIZER if that directory exists and `train_on_names` is False, else a
+    byte-level BPE trained here on the names (vocabulary at most min(the model's, 8000): about one token per word),
+    so that the prompts have lengths close to those of real LVIS prompts."""
+    from fiber_d2.data.tokenizer import load_tokenizer, resolve_path, train_roberta_bpe_tokenizer
+
+    path = cfg.MODEL.FIBER.TOKENIZER
+    if not train_on_names and path and os.path.isdir(resolve_path(path)):
+        return load_tokenizer(path), path
+    vocab_size = min(cfg.MODEL.FIBER.TEXT.VOCAB_SIZE, 8000)
+    logger.info("tokenizer: a byte-level BPE (vocabulary <= %d) trained on the LVIS names", vocab_size)
+    directory = train_roberta_bpe_tokenizer(names, workdir, vocab_size=vocab_size, min_frequency=1)
+    return load_tokenizer(str(directory)), f"byte-level BPE trained on the LVIS names (vocab <= {vocab_size})"
+
+
+def lvis_command(args: argparse.Namespace) -> int:
+    """One row per chunk (its parts of the floor) and one summary row: naive, ours and floor in ms, their ratios."""
+    import tempfile
+
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from fiber_d2.config import add_fiber_config
+    from fiber_d2.data.prompts import vocabulary_chunks
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads or available_threads())
+    device = torch.device(args.device)
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(str(args.config_file))
+    cfg.merge_from_list(list(args.opts))
+    cfg.MODEL.DEVICE = device.type
+    if args.chunk_batch:
+        cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH = args.chunk_batch
+
+    names = lvis_names()
+    with tempfile.TemporaryDirectory() as workdir:
+        tokenizer, tokenizer_name = lvis_tokenizer(cfg, names, args.names_tokenizer, workdir)
+        chunks = vocabulary_chunks(names, tokenizer, cfg.MODEL.FIBER.MAX_QUERY_LEN, args.chunk_size,
+                                   cfg.MODEL.FIBER.PROMPT.SEPARATOR)
+    all_chunks = len(chunks)
+    chunks = chunks[: args.num_chunks or None]
+    # Steady state over a dataset: every chunk's text state stays cached.
+    cfg.MODEL.FIBER.PROMPT.TEXT_CACHE_SIZE = max(cfg.MODEL.FIBER.PROMPT.TEXT_CACHE_SIZE, len(chunks))
+    logger.info("building %s (random init) on %s; %d of %d chunks, %d threads", args.config_file, device,
+                len(chunks), all_chunks, torch.get_num_threads())
+    model = build_model(cfg).eval()
+    bottom_up = model.backbone.bottom_up
+    height, width = args.size
+    generator = torch.Generator().manual_seed(args.seed)
+    image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+    inputs = [{"image": image, "height": height, "width": width, "prompts": chunks}]
+    images = model.preprocess_image(inputs).tensor
+
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, record: bool, function, *function_args):
+        synchronize(device)
+        start = time.perf_counter()
+        output = function(*function_args)
+        synchronize(device)
+        if record:
+            times.setdefault(name, []).append(time.perf_counter() - start)
+        return output
+
+    def run_detector(reuse_lower: bool):
+        model.reuse_lower = reuse_lower
+        return model.inference(inputs)
+
+    with torch.inference_mode():
+        for chunk in chunks:  # fill the text cache, as the first image of a dataset does
+            model.text_lower(chunk.input_ids)
+        for repeat in range(args.warmup + args.repeats):
+            record = repeat >= args.warmup
+            logger.info("%s %d/%d", "repeat" if record else "warmup", repeat + 1 - args.warmup * record,
+                        args.repeats if record else args.warmup)
+            timed("naive", record, run_detector, False)
+            timed("ours", record, run_detector, True)
+            image_state = timed("image_lower", record, bottom_up.encode_image_lower, images)
+            for index, chunk in enumerate(chunks):
+                ids = chunk.input_ids.to(device).unsqueeze(0)
+                mask = torch.ones_like(ids)
+                text_state = timed(f"text_lower/{index}", record, bottom_up.encode_text_lower, ids, mask)
+                features, text = timed(f"upper/{index}", record, bottom_up.encode_upper, image_state, text_state)
+                pyramid = timed(f"fpn/{index}", record, model.backbone.pyramid, features)
+                timed(f"head/{index}", record, model.predict, pyramid, text, mask.bool())
+
+    ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    parts = {part: [ms[f"{part}/{index}"] for index in range(len(chunks))] for part in LVIS_CHUNK_PARTS}
+    common = {"bench": "lvis", "model": Path(args.config_file).stem, "size": f"{height}x{width}",
+              "input_size": f"{images.shape[-2]}x{images.shape[-1]}", "device": device.type,
+              "threads": torch.get_num_threads(), "repeats": args.repeats}
+    for index, chunk in enumerate(chunks):
+        chunk_ms = {f"{part}_ms": rounded(values[index], 2) for part, values in parts.items()}
+        emit({**common, "metric": "chunk", "chunk": index, "names": len(chunk.label_ids),
+              "tokens": len(chunk.input_ids), **chunk_ms})
+    floor = ms["image_lower"] + sum(parts["upper"]) + sum(parts["fpn"]) + sum(parts["head"])
+    tokens = [len(chunk.input_ids) for chunk in chunks]
+    emit({
+        **common, "metric": "latency", "unit": "ms", "warmup": args.warmup, "tokenizer": tokenizer_name,
+        "chunk_size": args.chunk_size, "chunk_batch": model.chunk_batch, "num_chunks": len(chunks),
+        "all_chunks": all_chunks, "names": sum(len(chunk.label_ids) for chunk in chunks),
+        "tokens_min": min(tokens), "tokens_mean": rounded(statistics.mean(tokens), 1), "tokens_max": max(tokens),
+        "naive_ms": rounded(ms["naive"], 2), "ours_ms": rounded(ms["ours"], 2), "floor_ms": rounded(floor, 2),
+        "image_lower_ms": rounded(ms["image_lower"], 2),
+        **{f"{part}_ms": rounded(sum(values), 2) for part, values in parts.items()},
+        "ours_over_floor": rounded(ms["ours"] / floor), "naive_over_ours": rounded(ms["naive"] / ms["ours"]),
+    })
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------------------- CLI
 def _sizes(text: str) -> list[tuple[int, int]]:
     return [parse_size(part) for part in text.split(",") if part.strip()]
@@ -567,7 +696,7 @@ def _ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{backbone,dcn}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{backbone,dcn,lvis}")
 
     bench = commands.add_parser("backbone", help="FLOPs, latency and memory: fused backbone vs METER-style fusion")
     bench.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"backbone config (default {DEFAULT_CONFIG})")
@@ -609,6 +738,27 @@ def build_parser() -> argparse.ArgumentParser:
     dcn.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     dcn.set_defaults(func=dcn_command)
 
+    lvis = commands.add_parser("lvis", help="LVIS prompt chunks: detector per chunk vs lower part reused vs floor")
+    lvis.add_argument("--config-file", default=LVIS_CONFIG, help=f"detector config (default {LVIS_CONFIG}); random "
+                      "weights (MODEL.WEIGHTS is not loaded)")
+    lvis.add_argument("--size", type=parse_size, default=(800, 1333), help="image HEIGHTxWIDTH (default 800x1333)")
+    lvis.add_argument("--chunk-size", type=int, default=40, help="LVIS names per prompt (default 40, FIBER's)")
+    lvis.add_argument("--num-chunks", type=int, default=0, help="time only the first N chunks (default 0: all)")
+    lvis.add_argument("--chunk-batch", type=int, default=0,
+                      help="chunks per forward of the upper part (default 0: MODEL.FIBER.PROMPT.CHUNK_BATCH)")
+    lvis.add_argument("--names-tokenizer", action="store_true",
+                      help="tokenize with a BPE trained on the LVIS names even if MODEL.FIBER.TOKENIZER exists (the "
+                           "fallback when it does not)")
+    lvis.add_argument("--repeats", type=int, default=3, help="timed runs of every variant and part (default 3)")
+    lvis.add_argument("--warmup", type=int, default=1, help="untimed runs of every variant and part (default 1)")
+    lvis.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
+    lvis.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                      help="default: cuda when available")
+    lvis.add_argument("--seed", type=int, default=0, help="seed of the random weights and image")
+    lvis.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                      help="config overrides KEY VALUE ... (must come last)")
+    lvis.set_defaults(func=lvis_command)
+
     # Internal: one memory measurement in a fresh process (used by `backbone`).
     worker = commands.add_parser("_memory")
     worker.add_argument("--variant", choices=["fusion_on", "fusion_off", "meter"], required=True)
@@ -626,8 +776,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    if min(getattr(args, name, 1) for name in ("batch", "repeats", "memory_batch", "memory_jobs")) <= 0:
-        raise SystemExit("--batch, --repeats, --memory-batch and --memory-jobs must be positive")
+    positive = ("batch", "repeats", "memory_batch", "memory_jobs", "chunk_size")
+    if min(getattr(args, name, 1) for name in positive) <= 0:
+        raise SystemExit("--batch, --repeats, --memory-batch, --memory-jobs and --chunk-size must be positive")
+    if min(getattr(args, name, 0) for name in ("num_chunks", "chunk_batch", "threads")) < 0:
+        raise SystemExit("--num-chunks, --chunk-batch and --threads must be >= 0")
     if getattr(args, "warmup", 0) < 0:
         raise SystemExit("--warmup must be >= 0")
     start = time.perf_counter()

@@ -3,7 +3,9 @@
 images + prompt tokens -> fused backbone + FPN (P3-P7) -> DyHead grounding head -> per anchor: token alignment
 logits, box deltas, centerness. Training: ATSS assignment, focal token-alignment, GIoU and centerness losses.
 Inference: token scores -> label scores through each prompt's label->token map, NMS per label; long vocabularies are
-given as several prompt chunks and their detections merged.
+given as several prompt chunks and their detections merged. With MODEL.FIBER.PROMPT.REUSE_LOWER, the text-independent
+lower backbone runs once per image and once per distinct prompt (cached across images), and only the fused upper
+part, the FPN and the head run per chunk, MODEL.FIBER.PROMPT.CHUNK_BATCH chunks at a time (chunked_inference.py).
 
 Inputs (one dict per image, as `GroundingDatasetMapper` writes them): `image` [3, H, W] in INPUT.FORMAT, `height`,
 `width`; training: `input_ids` [T] and `instances` with `gt_boxes`, `gt_positive_map` [N, T]; inference: `prompts`
@@ -13,7 +15,7 @@ contiguous category ids, or a grounding record's phrase index)}.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +29,16 @@ from torch import nn
 
 from .atss import ATSSMatcher
 from .backbone import FiberFPN
+from .backbone.text_encoder import TextState
+from .chunked_inference import TextStateCache, pad_text_states
 from .grounding_head import GroundingHead
 from .grounding_inference import merge_chunk_detections, postprocess_detections
 from .grounding_loss import grounding_losses
+
+if TYPE_CHECKING:
+    from ..data.prompts import PromptChunk
+
+HeadOutputs = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
 
 
 @META_ARCH_REGISTRY.register()
@@ -56,8 +65,16 @@ class FiberGroundingDetector(nn.Module):
         pre_nms_topk_test: int = 1000,
         nms_thresh_test: float = 0.6,
         max_detections_per_image: int = 100,
+        reuse_lower: bool = True,
+        chunk_batch: int = 8,
+        text_cache_size: int = 64,
     ) -> None:
         super().__init__()
+        if chunk_batch < 1:
+            raise ValueError(f"MODEL.FIBER.PROMPT.CHUNK_BATCH must be >= 1, got {chunk_batch}")
+        self.reuse_lower = reuse_lower
+        self.chunk_batch = chunk_batch
+        self.text_cache = TextStateCache(text_cache_size)
         self.backbone = backbone
         self.head = head
         self.head_in_features = list(head_in_features)
@@ -119,7 +136,20 @@ class FiberGroundingDetector(nn.Module):
             "pre_nms_topk_test": head_cfg.PRE_NMS_TOPK_TEST,
             "nms_thresh_test": head_cfg.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "reuse_lower": cfg.MODEL.FIBER.PROMPT.REUSE_LOWER,
+            "chunk_batch": cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH,
+            "text_cache_size": cfg.MODEL.FIBER.PROMPT.TEXT_CACHE_SIZE,
         }
+
+    def train(self, mode: bool = True) -> FiberGroundingDetector:
+        """nn.Module.train; also empties the text state cache (train()/eval() mark a possible change of weights)."""
+        self.text_cache.clear()
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """nn.Module.load_state_dict; also empties the text state cache, which the old weights computed."""
+        self.text_cache.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def device(self) -> torch.device:
@@ -140,14 +170,17 @@ class FiberGroundingDetector(nn.Module):
             mask[i, : len(sequence)] = True
         return ids, mask
 
-    def run_head(
-        self, images: ImageList, input_ids: torch.Tensor, text_mask: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    def run_head(self, images: ImageList, input_ids: torch.Tensor, text_mask: torch.Tensor) -> HeadOutputs:
         """Backbone + FPN + head -> per level: anchors [A_l, 4], token logits [B, A_l, T], deltas, centerness."""
         features, text = self.backbone(images.tensor, input_ids, text_mask.long())
-        features = [features[name] for name in self.head_in_features]
-        anchors = [boxes.tensor for boxes in self.anchor_generator(features)]
-        token_logits, box_deltas, centerness = self.head(features, text, text_mask)
+        return self.predict(features, text, text_mask)
+
+    def predict(self, features: dict[str, torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor) -> HeadOutputs:
+        """FPN levels {p3..p7: [B, C, H_l, W_l]}, text [B, T, D], text_mask [B, T] (True: real token) -> per level:
+        anchors [A_l, 4], token logits [B, A_l, T], box deltas [B, A_l, 4], centerness logits [B, A_l]."""
+        levels = [features[name] for name in self.head_in_features]
+        anchors = [boxes.tensor for boxes in self.anchor_generator(levels)]
+        token_logits, box_deltas, centerness = self.head(levels, text, text_mask)
         return anchors, token_logits, box_deltas, centerness
 
     def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, Instances]]:
@@ -179,38 +212,18 @@ class FiberGroundingDetector(nn.Module):
 
     @torch.no_grad()
     def inference(self, batched_inputs: Sequence[dict]) -> list[dict[str, Instances]]:
-        """Run every prompt chunk of every image; images sharing a chunk index run as one batch."""
+        """Run every prompt chunk of every image and merge each image's chunk detections."""
         missing = [i for i, x in enumerate(batched_inputs) if not x.get("prompts")]
         if missing:
             raise ValueError(
                 f"inference inputs {missing} have no 'prompts' (use GroundingDatasetMapper or FiberPredictor)"
             )
         images = self.preprocess_image(batched_inputs)
-        per_image: list[list[Instances]] = [[] for _ in batched_inputs]
-        for chunk in range(max(len(x["prompts"]) for x in batched_inputs)):
-            indices = [i for i, x in enumerate(batched_inputs) if chunk < len(x["prompts"])]
-            prompts = [batched_inputs[i]["prompts"][chunk] for i in indices]
-            sub_images = ImageList(images.tensor[indices], [images.image_sizes[i] for i in indices])
-            input_ids, text_mask = self.pad_prompts([prompt.input_ids for prompt in prompts])
-            anchors, token_logits, box_deltas, centerness = self.run_head(sub_images, input_ids, text_mask)
-            for row, (i, prompt) in enumerate(zip(indices, prompts)):
-                label_token_map = _pad_tokens(prompt.label_token_map.to(self.device), input_ids.shape[1])
-                per_image[i].append(
-                    postprocess_detections(
-                        anchors,
-                        [level[row] for level in token_logits],
-                        [level[row] for level in box_deltas],
-                        [level[row] for level in centerness],
-                        label_token_map,
-                        prompt.label_ids.to(self.device),
-                        images.image_sizes[i],
-                        self.box2box_transform,
-                        score_thresh=self.score_thresh_test,
-                        pre_nms_topk=self.pre_nms_topk_test,
-                        nms_thresh=self.nms_thresh_test,
-                        max_detections=self.max_detections_per_image,
-                    )
-                )
+        prompts = [x["prompts"] for x in batched_inputs]
+        if self.reuse_lower:
+            per_image = self.detect_reusing_lower(images, prompts)
+        else:
+            per_image = self.detect_chunk_by_chunk(images, prompts)
         results = []
         for x, chunks in zip(batched_inputs, per_image):
             merged = merge_chunk_detections(chunks, self.max_detections_per_image)
@@ -218,6 +231,80 @@ class FiberGroundingDetector(nn.Module):
             width = x.get("width", merged.image_size[1])
             results.append({"instances": detector_postprocess(merged, height, width)})
         return results
+
+    def detect_chunk_by_chunk(
+        self, images: ImageList, prompts: Sequence[Sequence[PromptChunk]]
+    ) -> list[list[Instances]]:
+        """The whole model per chunk index, the images that have that chunk as one batch.
+
+        prompts[i]: the PromptChunks of image i. Returns per image its detections per chunk (input pixels).
+        """
+        per_image: list[list[Instances]] = [[] for _ in prompts]
+        for chunk in range(max(len(chunks) for chunks in prompts)):
+            indices = [i for i, chunks in enumerate(prompts) if chunk < len(chunks)]
+            batch = [prompts[i][chunk] for i in indices]
+            sub_images = ImageList(images.tensor[indices], [images.image_sizes[i] for i in indices])
+            input_ids, text_mask = self.pad_prompts([prompt.input_ids for prompt in batch])
+            outputs = self.run_head(sub_images, input_ids, text_mask)
+            for row, (i, prompt) in enumerate(zip(indices, batch)):
+                per_image[i].append(self.chunk_detections(outputs, row, prompt, images.image_sizes[i]))
+        return per_image
+
+    def detect_reusing_lower(
+        self, images: ImageList, prompts: Sequence[Sequence[PromptChunk]]
+    ) -> list[list[Instances]]:
+        """Image by image: the image lower part once; per batch of `chunk_batch` chunks, their cached text lower
+        states padded together, then the fused upper part (the image state shared), FPN and head.
+
+        Gives the detections of `detect_chunk_by_chunk` (to float rounding). Same arguments and result.
+        """
+        bottom_up = self.backbone.bottom_up
+        per_image: list[list[Instances]] = []
+        for i, chunks in enumerate(prompts):
+            image_state = bottom_up.encode_image_lower(images.tensor[i : i + 1])
+            detections = []
+            for start in range(0, len(chunks), self.chunk_batch):
+                batch = chunks[start : start + self.chunk_batch]
+                text_state = pad_text_states([self.text_lower(prompt.input_ids) for prompt in batch])
+                features, text = bottom_up.encode_upper(image_state, text_state)
+                outputs = self.predict(self.backbone.pyramid(features), text, text_state.attention_mask.bool())
+                for row, prompt in enumerate(batch):
+                    detections.append(self.chunk_detections(outputs, row, prompt, images.image_sizes[i]))
+            per_image.append(detections)
+        return per_image
+
+    def text_lower(self, input_ids: torch.Tensor) -> TextState:
+        """One prompt's token ids [T] -> its text state below the fused layers [1, T, D], from the cache if there."""
+        embeddings = self.backbone.bottom_up.text.model.embeddings.word_embeddings.weight
+        key = (tuple(input_ids.tolist()), embeddings.device, embeddings.dtype)
+
+        def compute() -> TextState:
+            ids = input_ids.to(self.device).unsqueeze(0)
+            return self.backbone.bottom_up.encode_text_lower(ids, torch.ones_like(ids))
+
+        return self.text_cache.get(key, compute)
+
+    def chunk_detections(
+        self, outputs: HeadOutputs, row: int, prompt: PromptChunk, image_size: tuple[int, int]
+    ) -> Instances:
+        """Detections of batch row `row` of the head outputs for its PromptChunk `prompt` on an image of
+        `image_size` (h, w, unpadded input): `postprocess_detections` with the test settings."""
+        anchors, token_logits, box_deltas, centerness = outputs
+        label_token_map = _pad_tokens(prompt.label_token_map.to(self.device), token_logits[0].shape[-1])
+        return postprocess_detections(
+            anchors,
+            [level[row] for level in token_logits],
+            [level[row] for level in box_deltas],
+            [level[row] for level in centerness],
+            label_token_map,
+            prompt.label_ids.to(self.device),
+            image_size,
+            self.box2box_transform,
+            score_thresh=self.score_thresh_test,
+            pre_nms_topk=self.pre_nms_topk_test,
+            nms_thresh=self.nms_thresh_test,
+            max_detections=self.max_detections_per_image,
+        )
 
 
 def _pad_tokens(token_map: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""Reuse of the text-independent work when one image runs many prompt chunks (a long vocabulary, e.g. LVIS).
+
+The fused backbone splits into a lower part (image blocks and text layers below the fused ones, each independent of
+the other modality) and the fused upper part. For N chunks and one image, the image lower part runs once, the text
+lower part once per distinct prompt (kept in a `TextStateCache` across images), and only the upper part, the FPN and
+the head run per chunk, on batches of chunks whose text states are padded together by `pad_text_states`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Hashable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .backbone.text_encoder import TextState
+
+
+class TextStateCache:
+    """Least-recently-used cache of text states, at most `max_entries` of them (0: nothing is kept).
+
+    The owner must `clear()` it whenever the weights that produced the states may have changed.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 0:
+            raise ValueError(f"the text state cache size must be >= 0 (0: no cache), got {max_entries}")
+        self.max_entries = max_entries
+        self._states: OrderedDict[Hashable, TextState] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def get(self, key: Hashable, compute: Callable[[], TextState]) -> TextState:
+        """The state cached under `key`, or `compute()` (then cached, evicting the least recently used if full)."""
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+            return state
+        state = compute()
+        if self.max_entries:
+            self._states[key] = state
+            if len(self._states) > self.max_entries:
+                self._states.popitem(last=False)
+        return state
+
+
+def pad_text_states(states: Sequence[TextState]) -> TextState:
+    """Text states of prompts at the same layer, [1 or B_i, T_i, D] each -> one state [sum B_i, max T_i, D].
+
+    Padding positions get zero hidden states, attention mask 0 and the most negative bias, as the padding tokens of
+    a batch padded before the embeddings: they are masked as keys everywhere, so the real tokens' results do not
+    change. Only padding biases [B, 1, 1, T] can be padded (not the causal ones of decoding).
+    """
+    if not states:
+        raise ValueError("pad_text_states needs at least one text state")
+    layers = {state.layer for state in states}
+    if len(layers) != 1:
+        raise ValueError(f"text states of different layers {sorted(layers)} cannot be batched")
+    causal = [i for i, state in enumerate(states) if state.bias.shape[-2] != 1]
+    if causal:
+        raise ValueError(f"text states {causal} carry a causal bias; only padding biases [B, 1, 1, T] can be padded")
+    length = max(state.hidden.shape[1] for state in states)
+    hidden, mask, bias = [], [], []
+    for state in states:
+        extra = length - state.hidden.shape[1]
+        hidden.append(F.pad(state.hidden, (0, 0, 0, extra)))
+        mask.append(F.pad(state.attention_mask, (0, extra)))
+        bias.append(F.pad(state.bias, (0, extra), value=torch.finfo(state.bias.dtype).min))
+    return TextState(torch.cat(hidden), torch.cat(mask), torch.cat(bias), layers.pop())
