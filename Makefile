@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 INSTALL_INPUTS := constraints.txt requirements.txt setup.py tools/build_detectron2.py
 STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-16)
 DEMO_DIR := output/demo
+DEMO_STAGE1_CONFIG := configs/fiber_shapes/fiber_tiny_grounding_stage1.yaml
 DEMO_CONFIG := configs/fiber_shapes/fiber_tiny_grounding.yaml
-# Scores are sqrt(label score x centerness); the 6-minute model scores its detections 0.2-0.35, so draw from 0.3.
-DEMO_THRESHOLD := 0.3
+# Scores are sqrt(label score x centerness); the demo's model scores its detections about 0.3-0.45, so draw from 0.4.
+DEMO_THRESHOLD := 0.4
 
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 export HF_HUB_OFFLINE := 1
@@ -39,7 +40,9 @@ test-quick: setup
 
 demo: setup
 	$(PY) tools/make_shapes_dataset.py --root $(DETECTRON2_DATASETS)/fiber_shapes
-	$(PY) projects/FIBER/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR)
+	$(PY) projects/FIBER/train_net.py --config-file $(DEMO_STAGE1_CONFIG) OUTPUT_DIR $(DEMO_DIR)/stage1
+	$(PY) projects/FIBER/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR) \
+		MODEL.WEIGHTS $(DEMO_DIR)/stage1/model_final.pth
 	$(PY) projects/FIBER/demo.py --config-file $(DEMO_CONFIG) \
 		--input "$(DETECTRON2_DATASETS)/fiber_shapes/images/val/*.jpg" --max-inputs 8 --confidence-threshold $(DEMO_THRESHOLD) \
 		--output $(DEMO_DIR)/visualized --opts MODEL.WEIGHTS $(DEMO_DIR)/model_final.pth
