@@ -1,5 +1,5 @@
-"""tools/benchmark.py: the SDPA FLOP handle, the METER-style baseline, and the `backbone`, `dcn` and `lvis` subcommands
-end to end on tiny models at small sizes (every stdout line is a JSON row)."""
+"""tools/benchmark.py: the SDPA FLOP handle, the METER-style baseline, and the `backbone`, `dcn`, `lvis` and
+`throughput` subcommands end to end on tiny models at small sizes (every stdout line is a JSON row)."""
 import importlib.util
 import json
 import math
@@ -178,9 +178,13 @@ def test_dcn_cli_rows_match_torchvision():
     assert [row["level"] for row in rows] == ["p3", "p4", "p5", "p6", "p7"]
     assert [(row["height"], row["width"]) for row in rows] == [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
     for row in rows:
-        assert row["max_abs_difference"] < 1e-4  # ours computes what torchvision computes
-        ratios = row["torchvision_over_ours"] * row["ours_over_plain"]  # the three ratios come from the same times
-        assert ratios == pytest.approx(row["torchvision_over_plain"], rel=0.01)
+        assert row["max_abs_difference"] < 1e-4  # ours computes what torchvision computes, gradients included
+        assert set(row["max_abs_grad_difference"]) == {"x", "offset", "mask", "weight", "bias"}
+        assert max(row["max_abs_grad_difference"].values()) < 1e-3
+        for suffix in ("", "_train"):  # forward, forward+backward: the three ratios come from the same times
+            assert min(row[f"{name}{suffix}_ms"] for name in ("plain", "torchvision", "ours")) > 0
+            ratios = row[f"torchvision_over_ours{suffix}"] * row[f"ours_over_plain{suffix}"]
+            assert ratios == pytest.approx(row[f"torchvision_over_plain{suffix}"], rel=0.01)
         assert row["threads"] == 1 and row["channels"] == 8
 
 
@@ -214,3 +218,29 @@ def test_lvis_cli_rows_are_consistent():
     assert summary["floor_ms"] == pytest.approx(floor, abs=0.05)
     assert summary["ours_over_floor"] == pytest.approx(summary["ours_ms"] / summary["floor_ms"], rel=5e-3)
     assert summary["naive_over_ours"] == pytest.approx(summary["naive_ms"] / summary["ours_ms"], rel=5e-3)
+
+
+def test_throughput_cli_rows_are_consistent():
+    # 5 images: batches of 4 are 4 + 1 images. The predictor resizes to the test size, kept at 64x96 here.
+    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "throughput", "--size", "64x96", "--images", "5",
+               "--batch-sizes", "1,4", "--repeats", "1", "--warmup", "0", "--threads", "1", "--device", "cpu",
+               "--names-tokenizer", "--opts", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    batches, (summary,) = rows[:-1], rows[-1:]
+    assert [row["metric"] for row in batches] == ["batch", "batch"] and summary["metric"] == "summary"
+    for row in rows:
+        assert row["bench"] == "throughput" and row["model"] == "fiber_tiny_grounding" and row["device"] == "cpu"
+        assert row["size"] == "64x96" and row["input_size"] == "64x96" and row["threads"] == 1
+        assert row["images"] == 5 and row["names"] == 48 and row["chunks"] == 1 and 48 < row["tokens"] <= 256
+    assert [(row["batch_size"], row["forwards"]) for row in batches] == [(1, 5), (4, 2)]
+    for row in batches:
+        assert set(row) >= {"seconds", "images_per_s", "ms_per_image"}
+        assert row["images_per_s"] == pytest.approx(5 / row["seconds"], rel=1e-3)
+        assert row["ms_per_image"] == pytest.approx(1e3 / row["images_per_s"], rel=1e-3)
+    rates = {str(row["batch_size"]): row["images_per_s"] for row in batches}
+    assert summary["images_per_s"] == rates
+    assert summary["ratio_batch4_over_batch1"] == pytest.approx(rates["4"] / rates["1"], rel=1e-3)
+    assert "trained on the FIBER-Shapes" in summary["tokenizer"]

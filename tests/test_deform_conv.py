@@ -1,48 +1,146 @@
-"""The CPU sampling formulation of the modulated deformable convolution against torchvision's kernel."""
+"""The CPU gather formulation of the modulated deformable convolution against torchvision's kernel: outputs and the
+gradients wrt x, offset, mask, weight and bias, on both contraction paths (autograd: matrix multiply; inference:
+stride-k convolution of the column image)."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-from fiber_d2.modeling.deform_conv import deform_conv_sampled, modulated_deform_conv
+from fiber_d2.modeling import deform_conv
+from fiber_d2.modeling.deform_conv import bilinear_corners, deform_conv_sampled, modulated_deform_conv
+
+NAMES = ("x", "offset", "mask", "weight", "bias")
 
 
-@pytest.mark.parametrize(
-    "batch,channels,height,width,stride",
-    [(2, 8, 7, 9, 1), (2, 8, 13, 11, 2), (1, 4, 1, 2, 1), (1, 3, 6, 6, 2)],
-)
-def test_outputs_and_gradients_match_torchvision(batch, channels, height, width, stride):
-    generator = torch.Generator().manual_seed(batch * 100 + height)
+def _inputs(batch, channels, height, width, stride, out_channels=5, offset_scale=2.0, dtype=torch.float64, seed=0):
+    """Random (x, offset, mask, weight, bias) needing gradients; offsets of `offset_scale` pixels (std) put samples
+    between pixels and outside the image."""
+    generator = torch.Generator().manual_seed(seed)
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    tensors = (
+        torch.randn(batch, channels, height, width, generator=generator, dtype=dtype),
+        torch.randn(batch, 18, out_h, out_w, generator=generator, dtype=dtype) * offset_scale,
+        torch.rand(batch, 9, out_h, out_w, generator=generator, dtype=dtype),
+        torch.randn(out_channels, channels, 3, 3, generator=generator, dtype=dtype) / (3 * channels**0.5),
+        torch.randn(out_channels, generator=generator, dtype=dtype),
+    )
+    return tuple(tensor.requires_grad_() for tensor in tensors)
 
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).requires_grad_()
 
-    x = rand(batch, channels, height, width)
-    offset = rand(batch, 18, out_h, out_w, scale=2.0)  # samples land between pixels and outside the image
-    mask = torch.rand(batch, 9, out_h, out_w, generator=generator, dtype=torch.float64).requires_grad_()
-    weight, bias = rand(5, channels, 3, 3), rand(5)
-    inputs = (x, offset, mask, weight, bias)
-    expected = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
-    ours = deform_conv_sampled(x, offset, mask, weight, bias, stride=stride, padding=1)
+def _torchvision(x, offset, mask, weight, bias, stride=1):
+    return deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+
+
+def _gradients(output, inputs, seed=1):
+    """Gradients of <output, random cotangent> wrt the inputs."""
+    cotangent = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed), dtype=output.dtype)
+    return torch.autograd.grad((output * cotangent).sum(), inputs)
+
+
+SHAPES = [(2, 8, 7, 9, 1), (2, 8, 13, 11, 2), (1, 4, 1, 2, 1), (1, 3, 6, 6, 2), (3, 5, 10, 4, 1)]
+
+
+@pytest.mark.parametrize("batch,channels,height,width,stride", SHAPES)
+def test_float64_outputs_and_gradients_match_torchvision(batch, channels, height, width, stride):
+    inputs = _inputs(batch, channels, height, width, stride, seed=batch * 100 + height)
+    expected = _torchvision(*inputs, stride=stride)
+    ours = deform_conv_sampled(*inputs, stride=stride, padding=1)  # the autograd (matrix multiply) path
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
-    grads_expected = torch.autograd.grad(expected.square().sum(), inputs)
-    grads_ours = torch.autograd.grad(ours.square().sum(), inputs)
-    for name, a, b in zip(("x", "offset", "mask", "weight", "bias"), grads_ours, grads_expected):
+    for name, a, b in zip(NAMES, _gradients(ours, inputs), _gradients(expected, inputs)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=name)
+    with torch.no_grad():  # the inference (stride-k convolution) path
+        torch.testing.assert_close(deform_conv_sampled(*inputs, stride=stride), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_float32_matches_torchvision_outputs_to_1e4_and_gradients_to_1e3(stride):
+    # Non-square maps; offsets of 3 pixels (std) put many samples partly or wholly outside the image.
+    inputs = _inputs(2, 32, 19, 12, stride, out_channels=24, offset_scale=3.0, dtype=torch.float32, seed=stride)
+    expected = _torchvision(*inputs, stride=stride)
+    ours = modulated_deform_conv(*inputs, stride=stride)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+    with torch.inference_mode():
+        torch.testing.assert_close(modulated_deform_conv(*inputs, stride=stride), expected, rtol=0, atol=1e-4)
+    for name, a, b in zip(NAMES, _gradients(ours, inputs), _gradients(expected, inputs)):
+        assert b.abs().max() > 0.1, name  # the gradients are not trivially small
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("offsets", ["zero", "integer", "half"])
+def test_gradients_at_pixel_and_half_pixel_positions_match_torchvision(offsets):
+    # The DyHead's offset conv starts at zero: every sample sits on a pixel, where bilinear interpolation has a kink.
+    # The gradient wrt the offsets is then the one-sided one of the DCN kernels (corners floor(p) and floor(p) + 1).
+    x, offset, mask, weight, bias = _inputs(2, 4, 5, 7, 1)
+    generator = torch.Generator().manual_seed(3)
+    values = {
+        "zero": torch.zeros(offset.shape, dtype=offset.dtype),
+        "integer": torch.randint(-3, 4, offset.shape, generator=generator).to(offset.dtype),
+        "half": torch.randint(-6, 7, offset.shape, generator=generator).to(offset.dtype) / 2,
+    }[offsets]
+    inputs = (x, values.requires_grad_(), mask, weight, bias)
+    expected, ours = _torchvision(*inputs), deform_conv_sampled(*inputs)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
+    for name, a, b in zip(NAMES, _gradients(ours, inputs), _gradients(expected, inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=name)
+
+
+def test_inference_uses_the_stride_k_convolution_and_autograd_the_matrix_multiply(monkeypatch):
+    calls = []
+    conv2d = F.conv2d
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return conv2d(*args, **kwargs)
+
+    monkeypatch.setattr(deform_conv.F, "conv2d", spy)
+    inputs = _inputs(1, 4, 6, 5, 1)
+    with torch.no_grad():
+        inference = deform_conv_sampled(*inputs)
+    assert calls == [{"stride": (3, 3)}]
+    training = deform_conv_sampled(*inputs)
+    assert len(calls) == 1 and training.requires_grad
+    torch.testing.assert_close(inference, training.detach(), rtol=0, atol=1e-12)
+    assert inference.is_contiguous() and training.is_contiguous()
+
+
+def test_no_bias_and_offset_views():
+    # The DyHead passes channel slices of one offset conv output; bias None.
+    x, _, _, weight, _ = _inputs(2, 4, 6, 5, 1)
+    offset_mask = torch.randn(2, 27, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    offset, mask = offset_mask[:, :18], offset_mask[:, 18:].sigmoid()
+    expected = _torchvision(x, offset, mask, weight, None)
+    torch.testing.assert_close(deform_conv_sampled(x, offset, mask, weight, None), expected, rtol=0, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(deform_conv_sampled(x, offset, mask, weight, None), expected, rtol=0, atol=1e-10)
+
+
+def test_bilinear_corners_of_one_sample():
+    # One 1x1 output, 3x3 kernel, padding 1 on a 2x3 image: tap 4 (the centre) at (0, 0) moved by (0.25, 1.5) -> the
+    # sample (0.25, 1.5) blends pixels (0, 1), (0, 2), (1, 1), (1, 2); tap 0 at (-1, -1) moved by (-1, 0) -> (-2, -1):
+    # every corner outside, weight 0, indices clamped into the image.
+    offset = torch.zeros(1, 18, 1, 1)
+    offset[0, 8:10, 0, 0] = torch.tensor([0.25, 1.5])
+    offset[0, 0, 0, 0] = -1.0
+    mask = torch.full((1, 9, 1, 1), 0.5)
+    index, weight = bilinear_corners(offset, mask, 2, 3, (3, 3), stride=1, padding=1)
+    assert index.shape == weight.shape == (1, 9, 1, 1, 4)
+    assert index[0, 4, 0, 0].tolist() == [1, 2, 4, 5]
+    torch.testing.assert_close(weight[0, 4, 0, 0], 0.5 * torch.tensor([0.75 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.25 * 0.5]))
+    assert weight[0, 0, 0, 0].tolist() == [0.0] * 4 and 0 <= index[0, 0].min() and index[0, 0].max() < 6
 
 
 def test_zero_offsets_and_unit_mask_are_a_plain_convolution():
     x = torch.randn(2, 4, 6, 5)
     weight, bias = torch.randn(3, 4, 3, 3), torch.randn(3)
-    out = modulated_deform_conv(x, torch.zeros(2, 18, 6, 5), torch.ones(2, 9, 6, 5), weight, bias)
-    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, bias, padding=1), atol=1e-5, rtol=1e-5)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    offset, mask = torch.zeros(2, 18, 6, 5), torch.ones(2, 9, 6, 5)
+    torch.testing.assert_close(modulated_deform_conv(x, offset, mask, weight, bias), expected, atol=1e-5, rtol=1e-5)
+    weight.requires_grad_()
+    torch.testing.assert_close(modulated_deform_conv(x, offset, mask, weight, bias), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_float32_matches_torchvision_to_1e4():
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, 12, 10, generator=generator)
-    offset = torch.randn(1, 18, 12, 10, generator=generator) * 3
-    mask = torch.rand(1, 9, 12, 10, generator=generator)
-    weight, bias = torch.randn(16, 16, 3, 3, generator=generator) * 0.1, torch.randn(16, generator=generator)
-    expected = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
-    torch.testing.assert_close(modulated_deform_conv(x, offset, mask, weight, bias), expected, atol=1e-4, rtol=1e-4)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_uses_torchvision():
+    inputs = [tensor.detach().float().cuda() for tensor in _inputs(1, 4, 6, 5, 1)]
+    expected = _torchvision(*inputs)
+    torch.testing.assert_close(modulated_deform_conv(*inputs), expected, rtol=0, atol=0)

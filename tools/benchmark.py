@@ -7,15 +7,18 @@
         --memory-size 64x96 --repeats 1 --warmup 0
     python tools/benchmark.py dcn               # the DyHead's 3x3 DCNv2 at P3-P7 of 800x1333, 256 channels
     python tools/benchmark.py lvis --num-chunks 3 --repeats 1   # FIBER-B at 800x1333, LVIS names in chunks of 40
+    python tools/benchmark.py throughput        # FIBER-tiny grounding detector: images/s in batches of 1 and 4
 
 `backbone` measures the fused backbone (random weights: FLOPs, time and memory do not depend on them) with fusion on,
 fusion off (the two unimodal encoders) and a METER-style baseline built here (the unfused backbone plus K = 6
 co-attention layers per stream on top). `dcn` times one modulated deformable 3x3 convolution (random offsets and
-masks) three ways at each FPN level's shape: a plain 3x3 convolution (the floor), torchvision's `deform_conv2d`, and
-fiber_d2's `deform_conv_sampled` (what the DyHead uses on CPU). `lvis` times one image's detection over the 1203
-LVIS names in prompt chunks: the whole detector per chunk (naive), the detector reusing the text-independent lower
-backbone (ours, MODEL.FIBER.PROMPT.REUSE_LOWER), and the floor (the image lower part once plus the fused upper part,
-FPN and head per chunk, each timed alone). Rows and their fields are described in docs/BENCHMARKS.md.
+masks) three ways at each FPN level's shape, forward and forward+backward: a plain 3x3 convolution (the floor),
+torchvision's `deform_conv2d`, and fiber_d2's `deform_conv_sampled` (what the DyHead uses on CPU). `lvis` times one
+image's detection over the 1203 LVIS names in prompt chunks: the whole detector per chunk (naive), the detector
+reusing the text-independent lower backbone (ours, MODEL.FIBER.PROMPT.REUSE_LOWER), and the floor (the image lower
+part once plus the fused upper part, FPN and head per chunk, each timed alone). `throughput` times
+`FiberPredictor.predict_batch` on same-size images in batches of 1 and of 4 (images/s). Rows and their fields are
+described in docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -316,10 +319,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_variants(variants: dict[str, nn.Module], inputs: tuple, repeats: int, warmup: int,
-                  device: torch.device) -> dict[str, list[float]]:
-    """Seconds per forward of each variant; repeats are interleaved across variants so that drifts hit all alike."""
+                  device: torch.device, inference: bool = True) -> dict[str, list[float]]:
+    """Seconds per call of each variant (under `torch.inference_mode` when `inference`, else with autograd on);
+    repeats are interleaved across variants so that drifts hit all alike."""
     times: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode():
+    with torch.inference_mode() if inference else contextlib.nullcontext():
         for name, model in variants.items():
             for _ in range(warmup):
                 model(*inputs)
@@ -524,27 +528,40 @@ def dyhead_level_shapes(size: tuple[int, int], strides: Sequence[int] = DCN_STRI
 
 
 def dcn_command(args: argparse.Namespace) -> int:
-    """One row per FPN level: ms per forward of a plain conv, torchvision's DCNv2 and ours, and their ratios."""
+    """One row per FPN level: ms per forward (and per forward+backward) of a plain conv, torchvision's DCNv2 and ours,
+    their ratios, and how far ours is from torchvision (output and gradients)."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads or available_threads())
     device = torch.device(args.device)
     channels = args.channels
-    weight = torch.randn(channels, channels, 3, 3, device=device) / math.sqrt(9 * channels)
-    bias = torch.zeros(channels, device=device)
+    weight = (torch.randn(channels, channels, 3, 3, device=device) / math.sqrt(9 * channels)).requires_grad_()
+    bias = torch.zeros(channels, device=device, requires_grad=True)
     for level, (height, width) in zip(("p3", "p4", "p5", "p6", "p7"), dyhead_level_shapes(args.size)):
-        x = torch.randn(1, channels, height, width, device=device)
-        offset = torch.randn(1, 18, height, width, device=device) * args.offset_std
-        mask = torch.rand(1, 9, height, width, device=device)
-        variants = {
+        x = torch.randn(1, channels, height, width, device=device, requires_grad=True)
+        offset = (torch.randn(1, 18, height, width, device=device) * args.offset_std).requires_grad_()
+        mask = torch.rand(1, 9, height, width, device=device, requires_grad=True)
+        cotangent = torch.randn(1, channels, height, width, device=device)
+        inputs = {"x": x, "offset": offset, "mask": mask, "weight": weight, "bias": bias}
+        forward = {
             "plain": lambda: F.conv2d(x, weight, bias, padding=1),
             "torchvision": lambda: torchvision_deform_conv2d(x, offset, weight, bias, padding=1, mask=mask),
             "ours": lambda: deform_conv_sampled(x, offset, mask, weight, bias),
         }
+
+        def forward_backward(call, wrt: tuple):
+            return lambda: torch.autograd.grad(call(), wrt, cotangent)
+
+        # Forward + backward: the gradients wrt every input of the op (x, weight, bias for the plain conv).
+        train = {
+            "plain": forward_backward(forward["plain"], (x, weight, bias)),
+            "torchvision": forward_backward(forward["torchvision"], tuple(inputs.values())),
+            "ours": forward_backward(forward["ours"], tuple(inputs.values())),
+        }
         with torch.inference_mode():
-            difference = (variants["ours"]() - variants["torchvision"]()).abs().max().item()
-        times = time_variants(variants, (), args.repeats, args.warmup, device)
+            difference = (forward["ours"]() - forward["torchvision"]()).abs().max().item()
+        times = time_variants(forward, (), args.repeats, args.warmup, device)
         ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
-        emit({
+        row = {
             "bench": "dcn", "level": level, "channels": channels, "height": height, "width": width,
             "device": device.type, "threads": torch.get_num_threads(), "repeats": args.repeats,
             "plain_ms": rounded(ms["plain"], 2), "torchvision_ms": rounded(ms["torchvision"], 2),
@@ -553,7 +570,23 @@ def dcn_command(args: argparse.Namespace) -> int:
             "torchvision_over_plain": rounded(ms["torchvision"] / ms["plain"], 3),
             "torchvision_over_ours": rounded(ms["torchvision"] / ms["ours"], 3),
             "max_abs_difference": difference,
-        })
+        }
+        if not args.skip_backward:
+            gradients = {name: train[name]() for name in ("ours", "torchvision")}
+            row["max_abs_grad_difference"] = {
+                name: (ours - theirs).abs().max().item()
+                for name, ours, theirs in zip(inputs, gradients["ours"], gradients["torchvision"])
+            }
+            times = time_variants(train, (), args.repeats, args.warmup, device, inference=False)
+            ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+            row.update({
+                "plain_train_ms": rounded(ms["plain"], 2), "torchvision_train_ms": rounded(ms["torchvision"], 2),
+                "ours_train_ms": rounded(ms["ours"], 2),
+                "ours_over_plain_train": rounded(ms["ours"] / ms["plain"], 3),
+                "torchvision_over_plain_train": rounded(ms["torchvision"] / ms["plain"], 3),
+                "torchvision_over_ours_train": rounded(ms["torchvision"] / ms["ours"], 3),
+            })
+        emit(row)
     return 0
 
 
@@ -570,45 +603,57 @@ def lvis_names() -> list[str]:
     return [clean_category_name(name) for name in get_lvis_instances_meta("lvis_v1")["thing_classes"]]
 
 
-def lvis_tokenizer(cfg, names: Sequence[str], train_on_names: bool, workdir: str) -> tuple[Any, str]:
-    """(tokenizer, description): MODEL.FIBER.TOKENIZER if that directory exists and `train_on_names` is False, else a
-    byte-level BPE trained here on the names (vocabulary at most min(the model's, 8000): about one token per word),
-    so that the prompts have lengths close to those of real LVIS prompts."""
-    from fiber_d2.data.tokenizer import load_tokenizer, resolve_path, train_roberta_bpe_tokenizer
+def names_tokenizer(cfg, names: Sequence[str], train_on_names: bool, workdir: str,
+                    vocabulary: str) -> tuple[str, str]:
+    """(tokenizer directory, description): MODEL.FIBER.TOKENIZER if that directory exists and `train_on_names` is
+    False, else a byte-level BPE trained here on the names (vocabulary at most min(the model's, 8000): about one token
+    per word), so that the prompts have lengths close to those of real prompts. `vocabulary` names the names in logs."""
+    from fiber_d2.data.tokenizer import resolve_path, train_roberta_bpe_tokenizer
 
     path = cfg.MODEL.FIBER.TOKENIZER
     if not train_on_names and path and os.path.isdir(resolve_path(path)):
-        return load_tokenizer(path), path
+        return path, path
     vocab_size = min(cfg.MODEL.FIBER.TEXT.VOCAB_SIZE, 8000)
-    logger.info("tokenizer: a byte-level BPE (vocabulary <= %d) trained on the LVIS names", vocab_size)
+    logger.info("tokenizer: a byte-level BPE (vocabulary <= %d) trained on the %s names", vocab_size, vocabulary)
     directory = train_roberta_bpe_tokenizer(names, workdir, vocab_size=vocab_size, min_frequency=1)
-    return load_tokenizer(str(directory)), f"byte-level BPE trained on the LVIS names (vocab <= {vocab_size})"
+    return str(directory), f"byte-level BPE trained on the {vocabulary} names (vocab <= {vocab_size})"
+
+
+def build_detector_cfg(args: argparse.Namespace):
+    """The detector config of `--config-file` + `--opts` on `--device`; random weights (MODEL.WEIGHTS is emptied)."""
+    from detectron2.config import get_cfg
+
+    from fiber_d2.config import add_fiber_config
+
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(str(args.config_file))
+    cfg.merge_from_list(list(args.opts))
+    cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
 
 
 def lvis_command(args: argparse.Namespace) -> int:
     """One row per chunk (its parts of the floor) and one summary row: naive, ours and floor in ms, their ratios."""
     import tempfile
 
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from fiber_d2.config import add_fiber_config
     from fiber_d2.data.prompts import vocabulary_chunks
+    from fiber_d2.data.tokenizer import load_tokenizer
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads or available_threads())
     device = torch.device(args.device)
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(str(args.config_file))
-    cfg.merge_from_list(list(args.opts))
-    cfg.MODEL.DEVICE = device.type
+    cfg = build_detector_cfg(args)
     if args.chunk_batch:
         cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH = args.chunk_batch
 
     names = lvis_names()
     with tempfile.TemporaryDirectory() as workdir:
-        tokenizer, tokenizer_name = lvis_tokenizer(cfg, names, args.names_tokenizer, workdir)
+        directory, tokenizer_name = names_tokenizer(cfg, names, args.names_tokenizer, workdir, "LVIS")
+        tokenizer = load_tokenizer(directory)
         chunks = vocabulary_chunks(names, tokenizer, cfg.MODEL.FIBER.MAX_QUERY_LEN, args.chunk_size,
                                    cfg.MODEL.FIBER.PROMPT.SEPARATOR)
     all_chunks = len(chunks)
@@ -682,6 +727,70 @@ def lvis_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------- throughput
+THROUGHPUT_CONFIG = "configs/fiber_shapes/fiber_tiny_grounding.yaml"
+
+
+def throughput_command(args: argparse.Namespace) -> int:
+    """One row per batch size (images/s of `FiberPredictor.predict_batch` over `--images` same-size images, in
+    batches of that size) and one summary row with every batch size's rate over the first one's."""
+    import tempfile
+
+    import numpy as np
+
+    from fiber_d2.data.shapes.vocabulary import colorshape_categories
+    from fiber_d2.engine.predictor import FiberPredictor
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads or available_threads())
+    device = torch.device(args.device)
+    cfg = build_detector_cfg(args)
+    names = [category["name"] for category in colorshape_categories()]  # the 48 "colour shape" names
+    with tempfile.TemporaryDirectory() as workdir:
+        cfg.MODEL.FIBER.TOKENIZER, tokenizer_name = names_tokenizer(cfg, names, args.names_tokenizer, workdir,
+                                                                    "FIBER-Shapes colour+shape")
+        predictor = FiberPredictor(cfg)  # reads the tokenizer now; random weights
+    chunks = predictor.prompt_chunks(names)
+    height, width = args.size
+    generator = np.random.default_rng(args.seed)
+    images = [generator.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(args.images)]
+    resized = predictor.resize.get_transform(images[0]).apply_image(images[0]).shape[:2]
+    logger.info("%s (random init) on %s, %d threads: %d images %dx%d (model input %dx%d), prompt of %d names in %d "
+                "chunk(s), batch sizes %s", args.config_file, device, torch.get_num_threads(), args.images, height,
+                width, *predictor.padded_size(*resized), len(names), len(chunks), args.batch_sizes)
+
+    def run(batch_size: int) -> None:
+        for start in range(0, len(images), batch_size):
+            predictor.predict_batch(images[start : start + batch_size], names)
+
+    times: dict[int, list[float]] = {batch_size: [] for batch_size in args.batch_sizes}
+    for repeat in range(args.warmup + args.repeats):
+        for batch_size in args.batch_sizes:
+            synchronize(device)
+            start = time.perf_counter()
+            run(batch_size)
+            synchronize(device)
+            if repeat >= args.warmup:
+                times[batch_size].append(time.perf_counter() - start)
+                logger.info("  batch %d, repeat %d/%d: %.1f images/s", batch_size, repeat + 1 - args.warmup,
+                            args.repeats, len(images) / times[batch_size][-1])
+    rate = {batch_size: len(images) / statistics.median(values) for batch_size, values in times.items()}
+    common = {"bench": "throughput", "model": Path(args.config_file).stem, "size": f"{height}x{width}",
+              "input_size": "x".join(map(str, predictor.padded_size(*resized))), "device": device.type,
+              "threads": torch.get_num_threads(), "repeats": args.repeats, "images": len(images),
+              "names": len(names), "chunks": len(chunks), "tokens": sum(len(chunk.input_ids) for chunk in chunks)}
+    for batch_size in args.batch_sizes:
+        emit({**common, "metric": "batch", "batch_size": batch_size, "forwards": -(-len(images) // batch_size),
+              "seconds": rounded(statistics.median(times[batch_size])), "images_per_s": rounded(rate[batch_size]),
+              "ms_per_image": rounded(1e3 / rate[batch_size], 2)})
+    first = args.batch_sizes[0]
+    emit({**common, "metric": "summary", "tokenizer": tokenizer_name,
+          "images_per_s": {str(batch_size): rounded(value) for batch_size, value in rate.items()},
+          **{f"ratio_batch{batch_size}_over_batch{first}": rounded(rate[batch_size] / rate[first])
+             for batch_size in args.batch_sizes[1:]}})
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------------------- CLI
 def _sizes(text: str) -> list[tuple[int, int]]:
     return [parse_size(part) for part in text.split(",") if part.strip()]
@@ -694,9 +803,21 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def add_detector_run_options(parser: argparse.ArgumentParser, timed: str, inputs: str) -> None:
+    """--repeats, --warmup, --threads, --device, --seed and --opts of the subcommands that time a random detector."""
+    parser.add_argument("--repeats", type=int, default=3, help=f"timed runs {timed} (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help=f"untimed runs {timed} (default 1)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                        help="default: cuda when available")
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of the random weights and {inputs}")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides KEY VALUE ... (must come last)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{backbone,dcn,lvis}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{backbone,dcn,lvis,throughput}")
 
     bench = commands.add_parser("backbone", help="FLOPs, latency and memory: fused backbone vs METER-style fusion")
     bench.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"backbone config (default {DEFAULT_CONFIG})")
@@ -735,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     dcn.add_argument("--warmup", type=int, default=1, help="untimed forwards per variant and level (default 1)")
     dcn.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
     dcn.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    dcn.add_argument("--skip-backward", action="store_true", help="time the forward only (no *_train_ms fields)")
     dcn.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     dcn.set_defaults(func=dcn_command)
 
@@ -749,15 +871,22 @@ def build_parser() -> argparse.ArgumentParser:
     lvis.add_argument("--names-tokenizer", action="store_true",
                       help="tokenize with a BPE trained on the LVIS names even if MODEL.FIBER.TOKENIZER exists (the "
                            "fallback when it does not)")
-    lvis.add_argument("--repeats", type=int, default=3, help="timed runs of every variant and part (default 3)")
-    lvis.add_argument("--warmup", type=int, default=1, help="untimed runs of every variant and part (default 1)")
-    lvis.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
-    lvis.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
-                      help="default: cuda when available")
-    lvis.add_argument("--seed", type=int, default=0, help="seed of the random weights and image")
-    lvis.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                      help="config overrides KEY VALUE ... (must come last)")
+    add_detector_run_options(lvis, "of every variant and part", "image")
     lvis.set_defaults(func=lvis_command)
+
+    throughput = commands.add_parser("throughput", help="images/s of the predictor in batches of 1 vs 4 (tiny model)")
+    throughput.add_argument("--config-file", default=THROUGHPUT_CONFIG, help=f"detector config (default "
+                            f"{THROUGHPUT_CONFIG}); random weights (MODEL.WEIGHTS is not loaded)")
+    throughput.add_argument("--size", type=parse_size, default=(256, 320),
+                            help="image HEIGHTxWIDTH before the predictor's resize (default 256x320)")
+    throughput.add_argument("--images", type=int, default=16, help="images per timed run (default 16)")
+    throughput.add_argument("--batch-sizes", type=_ints, default=[1, 4],
+                            help="comma-separated batch sizes; ratios are over the first (default 1,4)")
+    throughput.add_argument("--names-tokenizer", action="store_true",
+                            help="tokenize with a BPE trained on the 48 names even if MODEL.FIBER.TOKENIZER exists "
+                                 "(the fallback when it does not)")
+    add_detector_run_options(throughput, "per batch size", "images")
+    throughput.set_defaults(func=throughput_command)
 
     # Internal: one memory measurement in a fresh process (used by `backbone`).
     worker = commands.add_parser("_memory")
@@ -776,9 +905,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    positive = ("batch", "repeats", "memory_batch", "memory_jobs", "chunk_size")
+    positive = ("batch", "repeats", "memory_batch", "memory_jobs", "chunk_size", "images")
     if min(getattr(args, name, 1) for name in positive) <= 0:
-        raise SystemExit("--batch, --repeats, --memory-batch, --memory-jobs and --chunk-size must be positive")
+        raise SystemExit("--batch, --repeats, --memory-batch, --memory-jobs, --chunk-size and --images must be "
+                         "positive")
     if min(getattr(args, name, 0) for name in ("num_chunks", "chunk_batch", "threads")) < 0:
         raise SystemExit("--num-chunks, --chunk-batch and --threads must be >= 0")
     if getattr(args, "warmup", 0) < 0:

@@ -72,7 +72,7 @@ def deformable_conv(
 ) -> torch.Tensor:
     """DCNv2 3x3 (padding 1): x [B, Cin, H, W], offset [B, 18, Ho, Wo], mask [B, 9, Ho, Wo] -> [B, Cout, Ho, Wo].
 
-    On CPU a sampling + matmul formulation (`deform_conv.py`, same outputs, much faster backward); torchvision's op
+    On CPU a bilinear gather + one contraction (`deform_conv.py`, same outputs, much faster backward); torchvision's op
     elsewhere."""
     return modulated_deform_conv(x, offset, mask, weight, bias, stride=stride, padding=1)
 
