@@ -111,8 +111,9 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.PROMPT.CHUNK_SIZE = 40
     # Inference: lower backbone once per image and per prompt, fused part + FPN + head per chunk; False: all per chunk.
     cfg.MODEL.FIBER.PROMPT.REUSE_LOWER = True
-    # Inference with REUSE_LOWER: chunks per forward of the fused upper part, FPN and head (1: one at a time).
-    cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH = 8
+    # Inference with REUSE_LOWER: chunks per forward of the fused upper part, FPN and head. 1 was fastest on CPU
+    # (FIBER-B, 800x1333: 1.03x the floor against 1.25x with 8, docs/BENCHMARKS.md); try more on a GPU.
+    cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH = 1
     # Inference with REUSE_LOWER: prompts whose lower text states stay cached (LRU; train/eval/load empty it); 0: none.
     cfg.MODEL.FIBER.PROMPT.TEXT_CACHE_SIZE = 64
     # Training on detection data: random negative category names added to each image's positives (GLIP: 85).

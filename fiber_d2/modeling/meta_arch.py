@@ -66,7 +66,7 @@ class FiberGroundingDetector(nn.Module):
         nms_thresh_test: float = 0.6,
         max_detections_per_image: int = 100,
         reuse_lower: bool = True,
-        chunk_batch: int = 8,
+        chunk_batch: int = 1,
         text_cache_size: int = 64,
     ) -> None:
         super().__init__()
