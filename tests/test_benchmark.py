@@ -109,17 +109,22 @@ def test_text_len_defaults_and_size_parsing():
         benchmark.build_parser().parse_args(["backbone", "--sizes", "800by1333"])
 
 
-@pytest.fixture(scope="module")
-def rows():
-    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "backbone", "--config-file", str(TINY),
-               "--sizes", "64x96", "--text-len", "12", "--repeats", "1", "--warmup", "0", "--memory-size", "64x96",
-               "--memory-batch", "2", "--memory-jobs", "3", "--device", "cpu"]
+def run_benchmark(*args: str) -> list[dict]:
+    """tools/benchmark.py ARGS in a subprocess -> its stdout rows (every line must be one JSON object)."""
+    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), *map(str, args)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     lines = proc.stdout.splitlines()
     assert lines, proc.stderr[-3000:]
-    parsed = [json.loads(line) for line in lines]  # every stdout line is one JSON object
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    parsed = run_benchmark("backbone", "--config-file", TINY, "--sizes", "64x96", "--text-len", "12", "--repeats", "1",
+                           "--warmup", "0", "--memory-size", "64x96", "--memory-batch", "2", "--memory-jobs", "3",
+                           "--device", "cpu")
     return {row["metric"]: row for row in parsed}
 
 
@@ -170,11 +175,8 @@ def test_dyhead_level_shapes_at_800x1333():
 
 
 def test_dcn_cli_rows_match_torchvision():
-    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "dcn", "--size", "96x128", "--channels", "8",
-               "--repeats", "1", "--warmup", "0", "--threads", "1"]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = run_benchmark("dcn", "--size", "96x128", "--channels", "8", "--repeats", "1", "--warmup", "0",
+                         "--threads", "1")
     assert [row["level"] for row in rows] == ["p3", "p4", "p5", "p6", "p7"]
     assert [(row["height"], row["width"]) for row in rows] == [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
     for row in rows:
@@ -189,13 +191,9 @@ def test_dcn_cli_rows_match_torchvision():
 
 
 def test_lvis_cli_rows_are_consistent():
-    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "lvis", "--config-file", str(TINY_GROUNDING),
-               "--names-tokenizer", "--size", "64x96", "--num-chunks", "3", "--chunk-batch", "2", "--repeats", "1",
-               "--warmup", "0", "--threads", "1", "--device", "cpu"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = run_benchmark("lvis", "--config-file", TINY_GROUNDING, "--names-tokenizer", "--size", "64x96",
+                         "--num-chunks", "3", "--chunk-batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                         "--device", "cpu")
     chunks, (summary,) = rows[:-1], rows[-1:]
     assert [row["metric"] for row in chunks] == ["chunk"] * 3 and summary["metric"] == "latency"
     for row in rows:
@@ -222,13 +220,9 @@ def test_lvis_cli_rows_are_consistent():
 
 def test_throughput_cli_rows_are_consistent():
     # 5 images: batches of 4 are 4 + 1 images. The predictor resizes to the test size, kept at 64x96 here.
-    command = [sys.executable, str(REPO / "tools" / "benchmark.py"), "throughput", "--size", "64x96", "--images", "5",
-               "--batch-sizes", "1,4", "--repeats", "1", "--warmup", "0", "--threads", "1", "--device", "cpu",
-               "--names-tokenizer", "--opts", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = run_benchmark("throughput", "--size", "64x96", "--images", "5", "--batch-sizes", "1,4", "--repeats", "1",
+                         "--warmup", "0", "--threads", "1", "--device", "cpu", "--names-tokenizer", "--opts",
+                         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96")
     batches, (summary,) = rows[:-1], rows[-1:]
     assert [row["metric"] for row in batches] == ["batch", "batch"] and summary["metric"] == "summary"
     for row in rows:
