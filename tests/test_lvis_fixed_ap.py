@@ -11,7 +11,6 @@ import uuid
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from lvis import LVIS
 
@@ -86,22 +85,16 @@ def _assert_metrics(actual, expected):
 
 
 @pytest.fixture
-def register(tmp_path):
-    names = []
+def lvis_dataset(register, tmp_path):
+    """lvis_dataset(category_ids, **metadata) -> the name of a registered "lvis" dataset whose json_file holds
+    `_lvis_json(category_ids)` (registered through conftest's `register`, removed after the test)."""
 
-    def _register(category_ids=(1, 2, 3), **metadata):
-        name = f"test_lvis_fixed_ap_{uuid.uuid4().hex[:8]}"
-        json_file = tmp_path / f"{name}.json"
+    def _lvis_dataset(category_ids=(1, 2, 3), **metadata):
+        json_file = tmp_path / f"lvis_{uuid.uuid4().hex[:8]}.json"
         json_file.write_text(json.dumps(_lvis_json(category_ids)))
-        DatasetCatalog.register(name, lambda: [])
-        MetadataCatalog.get(name).set(json_file=str(json_file), evaluator_type="lvis", **metadata)
-        names.append(name)
-        return name
+        return register([], json_file=str(json_file), evaluator_type="lvis", **metadata)
 
-    yield _register
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    return _lvis_dataset
 
 
 def _evaluate(evaluator, image_ids=(1, 2)):
@@ -150,9 +143,9 @@ def test_lvis_box_ap_per_image_cap_versus_fixed_ap(tmp_path):
 
 
 @pytest.mark.parametrize("category_ids, mapped", [((1, 2, 3), False), ((10, 20, 30), True)])
-def test_evaluator_end_to_end_next_to_detectron2(register, tmp_path, category_ids, mapped):
+def test_evaluator_end_to_end_next_to_detectron2(lvis_dataset, tmp_path, category_ids, mapped):
     metadata = {"thing_dataset_id_to_contiguous_id": {10: 0, 20: 1, 30: 2}} if mapped else {}
-    name = register(category_ids, **metadata)
+    name = lvis_dataset(category_ids, **metadata)
     output_dir = tmp_path / "out"
     results = _evaluate(LVISFixedAPEvaluator(name, output_dir=str(output_dir), top_k_per_category=2))
     assert results.keys() == {"bbox"}
@@ -170,8 +163,8 @@ def test_evaluator_end_to_end_next_to_detectron2(register, tmp_path, category_id
     assert dumped[0]["bbox"] == [20, 0, 10, 10]
 
 
-def test_image_seen_twice_counts_once_and_errors_name_the_dataset(register, caplog):
-    name = register()
+def test_image_seen_twice_counts_once_and_errors_name_the_dataset(lvis_dataset, caplog):
+    name = lvis_dataset()
     evaluator = LVISFixedAPEvaluator(name)
     # Counted twice, image 2's detections would put the apple's TP 3rd (AP 100/3) and the cup's 4th (AP 25).
     _assert_metrics(_evaluate(evaluator, image_ids=[2, 1, 2])["bbox"], UNCAPPED)
@@ -185,8 +178,8 @@ def test_image_seen_twice_counts_once_and_errors_name_the_dataset(register, capl
         LVISFixedAPEvaluator(name, top_k_per_category=0)
 
 
-def test_two_processes_gather_on_the_main_one(register, two_processes):
-    name = register()
+def test_two_processes_gather_on_the_main_one(lvis_dataset, two_processes):
+    name = lvis_dataset()
     two_processes.as_rank1()
     assert _evaluate(LVISFixedAPEvaluator(name, top_k_per_category=2), image_ids=[2]) == {}
 
@@ -196,10 +189,10 @@ def test_two_processes_gather_on_the_main_one(register, two_processes):
     _assert_metrics(results["bbox"], _full(FIXED_TOP_2))
 
 
-def test_build_evaluator_picks_fixed_ap_by_config(register):
+def test_build_evaluator_picks_fixed_ap_by_config(lvis_dataset):
     cfg = get_cfg()
     add_fiber_config(cfg)
-    name = register()
+    name = lvis_dataset()
     assert cfg.TEST.LVIS_FIXED_AP is False
     assert type(build_evaluator(cfg, name)) is StandardLVISEvaluator
     cfg.TEST.LVIS_FIXED_AP = True
