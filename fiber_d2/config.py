@@ -181,6 +181,9 @@ def _add_coarse_config(cfg: CN) -> None:
     # Pooled text feature: "first" (the <s> token, FIBER) or "mean" (of the real tokens; for a text encoder trained
     # from scratch, whose <s> output carries almost nothing about the caption at init).
     cfg.MODEL.FIBER.COARSE.TEXT_POOLING = "first"
+    # A non-affine batch norm on the pooled ITC features before the L2 norm (not in FIBER, off for its weights). For
+    # encoders trained from scratch: without it, ITC collapses every embedding onto one vector (measured).
+    cfg.MODEL.FIBER.COARSE.ITC_BATCH_NORM = False
 
     cfg.COARSE_STAGE = CN()
     # Run the coarse stage (FiberCoarseModel on the detector's backbone) inside a detector's train_net.py run.

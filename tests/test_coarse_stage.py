@@ -12,6 +12,7 @@ from fiber_d2.config import add_fiber_config
 from fiber_d2.data.tokenizer import train_roberta_bpe_tokenizer
 from fiber_d2.engine.coarse_hook import CoarseStageHook
 from fiber_d2.model_zoo import get_config_file
+from fiber_d2.modeling.coarse_heads import CoarseHeads
 from fiber_d2.modeling.coarse_losses import FeatureQueue, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
 from fiber_d2.modeling.coarse_model import FiberCoarseModel
 
@@ -158,6 +159,29 @@ def test_dual_encoder_embeddings_do_not_depend_on_the_other_modality(tokenizer_d
     images = model.preprocess_images([a, b])
     probability = model.match_probability(images, ids, mask)
     assert probability.shape == (2,) and ((probability > 0) & (probability < 1)).all()
+
+
+def test_itc_batch_norm_centres_the_pooled_features_before_the_l2_norm():
+    torch.manual_seed(0)
+    plain = CoarseHeads(image_dim=8, text_dim=4, vocab_size=10)
+    normed = CoarseHeads(image_dim=8, text_dim=4, vocab_size=10, itc_batch_norm=True)
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    assert not any("norm" in name for name in plain.state_dict() if name.startswith("itc_"))  # FIBER's layout
+    # Nearly identical images: the plain embeddings are one vector; the batch-normed ones spread around the origin.
+    tokens = torch.randn(1, 5, 8) + 0.01 * torch.randn(6, 5, 8)
+    pooled = plain.itc.pool_image(tokens)
+    assert (plain.itc_image_embedding(tokens) @ plain.itc_image_embedding(tokens).T).min() > 0.99
+    expected = torch.nn.functional.normalize((pooled - pooled.mean(0)) / (pooled.var(0, unbiased=False) + 1e-5).sqrt(), dim=-1)
+    assert torch.allclose(normed.itc_image_embedding(tokens), expected, atol=1e-4)
+    # Evaluation uses the running statistics (momentum 0.1 from mean 0, variance 1), the same for any batch size.
+    normed.eval()
+    running = normed.itc_image_norm.norm
+    assert torch.allclose(running.running_mean, 0.1 * pooled.mean(0), atol=1e-5)
+    single = normed.itc_image_embedding(tokens[:1])
+    assert torch.allclose(single, normed.itc_image_embedding(tokens)[:1], atol=1e-5)
+    text = torch.randn(3, 7, 4)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    assert torch.allclose(normed.itc_text_embedding(text, mask).norm(dim=-1), torch.ones(3), atol=1e-5)
 
 
 def test_coarse_model_shares_a_detector_backbone(tokenizer_dir):

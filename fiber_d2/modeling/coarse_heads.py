@@ -5,13 +5,16 @@ Image tokens are the last Swin stage's output [B, N, C]; text tokens the last Ro
       the mean image token and of text token 0 (<s>) (`text_pooling="first"`, FIBER; "mean": the mean of the real
       tokens, for text encoders trained from scratch, whose <s> output hardly depends on the other tokens at init);
       `joint` = concat[text, image] [B, 2D] feeds ITM and VQA.
-  ITC features (after an unfused pass): separate copies of those projections and poolers, L2-normalised [B, D].
+  ITC features (after an unfused pass): separate copies of those projections and poolers, L2-normalised [B, D];
+      `itc_batch_norm` puts a non-affine batch norm (synchronised across processes) before the L2 norm. That is not in
+      FIBER: it keeps a dual encoder trained from scratch from collapsing every embedding onto one vector.
   MLM: Hugging Face's RobertaLMHead (dense, GELU, LayerNorm, decoder to the vocabulary) on the fused text tokens.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from detectron2.layers import NaiveSyncBatchNorm
 from torch import nn
 from transformers import RobertaConfig
 from transformers.models.roberta.modeling_roberta import RobertaLMHead
@@ -57,6 +60,17 @@ class PooledFeatures(nn.Module):
         return self.text_pooler(self.text_transform(mean))
 
 
+class FeatureBatchNorm(nn.Module):
+    """Non-affine batch norm of [B, D] features, statistics synchronised across processes in training."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = NaiveSyncBatchNorm(dim, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x[:, :, None, None])[:, :, 0, 0]
+
+
 class CoarseHeads(nn.Module):
     """All coarse-stage heads. `num_answers` > 0 adds the VQA classifier (MLP 2D -> 2D, LN, GELU -> answers)."""
 
@@ -70,10 +84,13 @@ class CoarseHeads(nn.Module):
         num_answers: int = 0,
         layer_norm_eps: float = 1e-5,
         text_pooling: str = "first",
+        itc_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.fused = PooledFeatures(image_dim, text_dim, text_pooling)
         self.itc = PooledFeatures(image_dim, text_dim, text_pooling)
+        self.itc_image_norm = FeatureBatchNorm(text_dim) if itc_batch_norm else nn.Identity()
+        self.itc_text_norm = FeatureBatchNorm(text_dim) if itc_batch_norm else nn.Identity()
         self.temperature = nn.Parameter(torch.tensor(float(temperature)))
         self.itm = nn.Linear(2 * text_dim, 2)
         self.mlm = RobertaLMHead(
@@ -93,11 +110,11 @@ class CoarseHeads(nn.Module):
 
     def itc_image_embedding(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Unfused image tokens [B, N, C] -> ITC embedding [B, D], L2-normalised."""
-        return F.normalize(self.itc.pool_image(image_tokens), dim=-1)
+        return F.normalize(self.itc_image_norm(self.itc.pool_image(image_tokens)), dim=-1)
 
     def itc_text_embedding(self, text_tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unfused text tokens [B, T, D], mask [B, T] -> ITC embedding [B, D], L2-normalised."""
-        return F.normalize(self.itc.pool_text(text_tokens, attention_mask), dim=-1)
+        return F.normalize(self.itc_text_norm(self.itc.pool_text(text_tokens, attention_mask)), dim=-1)
 
     def clamped_temperature(self) -> torch.Tensor:
         """The ITC temperature, clamped to [0.001, 1] as in FIBER."""

@@ -39,6 +39,7 @@ def build_coarse_heads(cfg: CfgNode, backbone: FiberBackbone, num_answers: int =
         num_answers=num_answers,
         layer_norm_eps=text_config.layer_norm_eps,
         text_pooling=cfg.MODEL.FIBER.COARSE.TEXT_POOLING,
+        itc_batch_norm=cfg.MODEL.FIBER.COARSE.ITC_BATCH_NORM,
     )
 
 
