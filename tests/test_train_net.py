@@ -13,6 +13,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "fiber_shapes" / "fiber_tiny_grounding.yaml"
+DEMO_CONFIG = REPO / "configs" / "fiber_shapes" / "fiber_tiny_demo.yaml"
 BASELINE = REPO / "configs" / "fiber_shapes" / "retinanet_R18_baseline.yaml"
 TINY = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "2", "SOLVER.STEPS", "()",
         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
@@ -115,6 +116,10 @@ def test_demo_draws_prompt_predictions_at_input_size(trained, datasets_root, tmp
         assert drawn.is_file(), log
         assert Image.open(drawn).size == Image.open(image).size
         assert f"{image}: " in log and " detections in " in log
+    log = _run([REPO / "projects" / "FIBER" / "demo.py", "--config-file", CONFIG, "--input", *images,
+                "--output", tmp_path / "top2", "--confidence-threshold", "0.0", "--max-detections", "2",
+                "--opts", "MODEL.WEIGHTS", trained / "model_final.pth", *TINY], datasets_root)
+    assert log.count(": 2 detections in ") == len(images), log  # the detector keeps more than 2 at threshold 0
 
 
 def test_missing_dataset_is_named_without_a_traceback(tmp_path):
@@ -169,6 +174,20 @@ def test_coarse_stage_hook_runs_before_the_fine_stage_and_resumes(datasets_root,
     assert "Coarse stage resumed at iteration 2 of 3" in log
     assert "Coarse stage: iterations 2 to 3 before the fine stage" in log
     assert "Starting training from iteration 0" in log
+
+
+def test_demo_config_runs_the_coarse_stage_then_the_fine_stage(datasets_root, tmp_path):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", DEMO_CONFIG, *TINY, "INPUT.VL.IMAGE_SIZE", "64",
+          "COARSE_STAGE.IMS_PER_BATCH", "4", "COARSE_STAGE.LOG_PERIOD", "1", "COARSE_STAGE.MAX_ITER", "2",
+          "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
+    metrics = _metrics(tmp_path)
+    coarse = [m for m in metrics if "coarse/total_loss" in m]
+    assert [m["iteration"] for m in coarse] == [0, 1]
+    assert all(set(m) & {"coarse/loss_itm", "coarse/loss_mlm"} == set() for m in coarse)  # ITC only
+    heads = torch.load(tmp_path / "model_coarse_final.pth", weights_only=False)["trainer"]["hooks"]["CoarseStageHook"]
+    assert any("itc_image_norm.norm.running_mean" in key for key in heads["model"])  # the ITC batch norm is on
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results) == 4 and "bbox" in results["fiber_shapes_colorshape_val"]
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,13 @@
 """Draw a trained model's detections on images with Detectron2's Visualizer.
 
     python projects/FIBER/demo.py --config-file C --input img1.jpg "images/*.jpg" --output out_dir \
-        [--prompt "red circle. blue star"] [--confidence-threshold 0.5] [--max-inputs N] \
+        [--prompt "red circle. blue star"] [--confidence-threshold 0.5] [--max-detections K] [--max-inputs N] \
         [--opts MODEL.WEIGHTS model_final.pth]
 
 Each input image is written to `out_dir` under its own file name with boxes, phrase (or class) names and scores
 drawn. A FIBER grounding model detects the phrases of `--prompt` (names separated by ". "); without it, the names
-of the first test dataset's categories.
+of the first test dataset's categories. `--max-detections K` draws only the K highest-scoring detections above the
+threshold, for models whose scores are not yet calibrated (a short training run scores everything alike).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="directory for the visualised images")
     parser.add_argument("--prompt", help='phrases to detect, separated by ". " (FIBER grounding models)')
     parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    parser.add_argument("--max-detections", type=int, default=None, help="draw at most the K highest-scoring detections")
     parser.add_argument("--max-inputs", type=int, default=None, help="use only the first N inputs (sorted)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         instances = predictor(image)["instances"].to("cpu")
         instances = instances[instances.scores >= args.confidence_threshold]
+        if args.max_detections is not None:
+            instances = instances[instances.scores.argsort(descending=True)[: args.max_detections]]
         drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
         out_path = os.path.join(args.output, os.path.basename(path))
         cv2.imwrite(out_path, drawn.get_image()[:, :, ::-1])
