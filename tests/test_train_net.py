@@ -3,6 +3,7 @@
 closed-vocabulary baseline still trains through Detectron2's own loaders."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,7 +162,12 @@ COARSE_HOOK = ["COARSE_STAGE.ENABLED", "True", "COARSE_STAGE.DATASETS", "('fiber
 def test_coarse_stage_hook_runs_before_the_fine_stage_and_resumes(datasets_root, tmp_path):
     train = [REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, *COARSE_HOOK,
              "OUTPUT_DIR", tmp_path]
-    _run([*train, "COARSE_STAGE.MAX_ITER", "3", "SOLVER.MAX_ITER", "2"], datasets_root)
+    log = _run([*train, "COARSE_STAGE.MAX_ITER", "3", "SOLVER.MAX_ITER", "2"], datasets_root)
+    # One console line per coarse iteration (LOG_PERIOD 1), with the coarse lr of the iteration's step.
+    printed = re.findall(r"coarse iter: (\d)/3  coarse/loss_itc: \S+ .* time: \S+  lr: (\S+)", log)
+    coarse_metrics = [m for m in _metrics(tmp_path) if "coarse/lr" in m]
+    assert [int(i) for i, _ in printed] == [1, 2, 3]
+    assert [float(lr) for _, lr in printed] == pytest.approx([m["coarse/lr"] for m in coarse_metrics], rel=1e-4)
     assert (tmp_path / "model_coarse_0000002.pth").is_file() and (tmp_path / "model_coarse_final.pth").is_file()
     metrics = _metrics(tmp_path)
     coarse = [m["iteration"] for m in metrics if "coarse/loss_itc" in m]

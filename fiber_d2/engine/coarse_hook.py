@@ -10,11 +10,13 @@ own loader (VLDatasetMapper), AdamW optimizer and warmup-cosine schedule (COARSE
 The hook's state (heads, queue, optimizer, schedule, iteration, the ITM negatives' generator) goes into the trainer's
 checkpoints through Detectron2's hook state (`HookBase.state_dict`), and `--resume` restores it.
 Losses go to the metrics as `coarse/loss_*`, `coarse/total_loss`, `coarse/lr`: in "interleave" mode into the trainer's
-EventStorage at the fine iteration; in "before" mode into an EventStorage of the coarse iterations, written to the
-same metrics.json and TensorBoard directory.
+EventStorage at the fine iteration; in "before" mode into an EventStorage of the coarse iterations (with
+`coarse/time`, seconds per iteration), written to the same metrics.json and TensorBoard directory and printed by
+CoarseMetricPrinter.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -28,7 +30,7 @@ from detectron2.engine import HookBase
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.events import EventStorage, EventWriter, JSONWriter, TensorboardXWriter, get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_vl_train_loader
@@ -127,7 +129,9 @@ class CoarseStageHook(HookBase):
         with EventStorage(self.iter) as storage:
             while self.iter < self.max_iter:
                 storage.iter = self.iter  # the coarse iteration being run (0-based)
-                storage.put_scalars(**self.run_step())
+                step_start = time.perf_counter()
+                metrics = self.run_step()
+                _record(storage, {**metrics, "coarse/time": time.perf_counter() - step_start})
                 if self.iter % self.log_period == 0 or self.iter == self.max_iter:
                     for writer in writers:
                         writer.write()
@@ -141,7 +145,7 @@ class CoarseStageHook(HookBase):
     def after_step(self) -> None:
         if self.mode != "interleave" or self.iter >= self.max_iter or (self.trainer.iter + 1) % self.period:
             return
-        self.trainer.storage.put_scalars(**self.run_step())
+        _record(self.trainer.storage, self.run_step())
 
     def run_step(self) -> dict[str, float]:
         """One coarse iteration: forward, backward, gradient average over processes, AdamW step, schedule step."""
@@ -192,7 +196,39 @@ class CoarseStageHook(HookBase):
             return []
         output_dir = self.cfg.OUTPUT_DIR
         return [
-            CommonMetricPrinter(self.max_iter),
+            CoarseMetricPrinter(self.max_iter),
             JSONWriter(os.path.join(output_dir, "metrics.json")),
             TensorboardXWriter(output_dir),
         ]
+
+
+def _record(storage: EventStorage, metrics: dict[str, float]) -> None:
+    """Put a coarse iteration's scalars; the lr unsmoothed (as Detectron2 records `lr`), so metrics.json holds the
+    lr of that step."""
+    storage.put_scalars(**{name: value for name, value in metrics.items() if name != "coarse/lr"})
+    storage.put_scalar("coarse/lr", metrics["coarse/lr"], smoothing_hint=False)
+
+
+class CoarseMetricPrinter(EventWriter):
+    """The console line of the "before" mode's coarse iterations: ETA, iteration, the median of each coarse loss over
+    the last `window_size` iterations, seconds per iteration and the coarse lr (`coarse/*` scalars; Detectron2's
+    CommonMetricPrinter reads the fine stage's `lr` and `time`, which the coarse storage does not have)."""
+
+    def __init__(self, max_iter: int, window_size: int = 20) -> None:
+        self.max_iter = max_iter
+        self.window_size = window_size
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        histories = storage.histories()
+        if "coarse/time" not in histories:
+            return
+        seconds_per_iter = histories["coarse/time"].median(self.window_size)
+        eta = datetime.timedelta(seconds=int(seconds_per_iter * (self.max_iter - storage.iter - 1)))
+        losses = "  ".join(
+            f"{name}: {history.median(self.window_size):.4g}" for name, history in histories.items() if "loss" in name
+        )
+        logger.info(
+            " eta: %s  coarse iter: %d/%d  %s  time: %.4f  lr: %.5g",
+            eta, storage.iter + 1, self.max_iter, losses, seconds_per_iter, histories["coarse/lr"].latest(),
+        )
