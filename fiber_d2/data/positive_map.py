@@ -1,4 +1,5 @@
-"""Character spans of a prompt -> the prompt tokens they cover (GLIP's `create_positive_map`, FIBER_NOTES 3.4).
+"""Character spans of a prompt -> the prompt tokens they cover (`create_positive_map`, official FIBER
+fine_grained/maskrcnn_benchmark/data/datasets/modulated_coco.py; docs/FIBER_DETAILS.md).
 
 A span [start, end) covers the tokens from the one holding character `start` to the one holding character `end - 1`,
 both inclusive. With a byte-level BPE (RoBERTa: trimmed offsets), spaces belong to no token, so, exactly as GLIP's

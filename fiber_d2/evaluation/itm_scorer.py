@@ -1,8 +1,8 @@
 """ITM scores for retrieval re-ranking: (image, caption) pairs of a dataset -> a coarse model's match probability.
 
 `RetrievalEvaluator(itm_top_k=k, itm_scorer=DatasetItmScorer(model, dataset_name, mapper))` re-ranks each query's
-top k ITC candidates by the fused model's ITM probability (FIBER_NOTES.md 2.4; the official evaluation scores every
-pair with ITM, which `itm_top_k` >= the number of images/texts reproduces).
+top k ITC candidates by the fused model's ITM probability (docs/FIBER_DETAILS.md; the official `compute_itm_recall`
+in coarse_grained/fiber/modules/objectives.py scores every pair with ITM, which `itm_top_k` >= the number of images/texts reproduces).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""FiberCaptionModel: image captioning on FIBER's backbone (FIBER_NOTES.md 2.3; registered in META_ARCH_REGISTRY).
+"""FiberCaptionModel: image captioning on FIBER's backbone (docs/FIBER_DETAILS.md; registered in
+META_ARCH_REGISTRY).
 
 The image runs with fusion off; the text stack is a causal decoder (`encode_text_lower(..., causal=True)`) whose fused
 layers cross-attend to the image as in FusionMode.TEXT_TO_IMAGE: each fused text layer reads the image tokens entering

@@ -1,4 +1,5 @@
-"""The coarse stage's heads on FIBER's backbone (FIBER_NOTES.md 2.1): poolers, ITC projections, ITM, MLM, VQA.
+"""The coarse stage's heads on FIBER's backbone (official coarse_grained/fiber/modules/fiber_module.py and
+heads.py; docs/FIBER_DETAILS.md): poolers, ITC projections, ITM, MLM, VQA.
 
 Image tokens are the last Swin stage's output [B, N, C]; text tokens the last RoBERTa layer's [B, T, D].
   fused features (after a fused pass): image Linear(C -> D), text Linear(D -> D); pooled by Linear(D -> D) + tanh of

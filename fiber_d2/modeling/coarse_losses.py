@@ -1,4 +1,5 @@
-"""The coarse stage's objectives (FIBER_NOTES.md 2.2): ITC with an optional feature queue, ITM hard negatives, MLM."""
+"""The coarse stage's objectives (official coarse_grained/fiber/modules/objectives.py; docs/FIBER_DETAILS.md):
+ITC with an optional feature queue, ITM hard negatives, MLM."""
 from __future__ import annotations
 
 import torch

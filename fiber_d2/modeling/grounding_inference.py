@@ -1,4 +1,4 @@
-"""From token alignment scores to detections (GLIP's ATSSPostProcessor with SCORE_AGG MEAN), FIBER_NOTES.md 3.4.
+"""From token alignment scores to detections (GLIP's ATSSPostProcessor with SCORE_AGG MEAN; docs/FIBER_DETAILS.md).
 
 Follows GLIP `maskrcnn_benchmark/modeling/rpn/inference.py` (`ATSSPostProcessor`, `convert_grounding_to_od_logits`):
 per FPN level, a label's score at an anchor is the mean sigmoid of its tokens' logits; (anchor, label) pairs whose

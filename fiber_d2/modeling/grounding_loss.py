@@ -1,4 +1,4 @@
-"""FIBER's fine-stage losses (GLIP's ATSS loss with dot-product token alignment), FIBER_NOTES.md 3.3.
+"""FIBER's fine-stage losses (GLIP's ATSS loss with dot-product token alignment; docs/FIBER_DETAILS.md).
 
 Follows GLIP `maskrcnn_benchmark/modeling/rpn/loss.py::ATSSLossComputation.__call__` and
 `layers/sigmoid_focal_loss.py::token_sigmoid_binary_focal_loss`:

@@ -1,4 +1,4 @@
-"""FiberVQAModel: VQAv2 as answer classification on FIBER's fused backbone (FIBER_NOTES.md 2.3; registered in
+"""FiberVQAModel: VQAv2 as answer classification on FIBER's fused backbone (docs/FIBER_DETAILS.md; registered in
 META_ARCH_REGISTRY).
 
 Training (inputs from `VLDatasetMapper`, task "vqa": `image` [3, S, S], the question's `input_ids` [T] and
