@@ -13,14 +13,17 @@ ROOT = Path(__file__).resolve().parent
 
 
 class BuildPyWithConfigs(build_py):
-    """Copies `configs/` into `fiber_d2/model_zoo/configs` of a built (non-editable) package."""
+    """Copies `configs/` and the zoo's weights (`model_zoo/`) into `fiber_d2/model_zoo/{configs,weights}` of a built
+    (non-editable) package, where `fiber_d2.model_zoo` looks first."""
 
     def run(self) -> None:
         super().run()
-        target = Path(self.build_lib) / "fiber_d2" / "model_zoo" / "configs"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(ROOT / "configs", target)
+        for source, name in ((ROOT / "configs", "configs"), (ROOT / "model_zoo", "weights")):
+            target = Path(self.build_lib) / "fiber_d2" / "model_zoo" / name
+            if target.exists():
+                shutil.rmtree(target)
+            if source.is_dir():
+                shutil.copytree(source, target)
 
 
 setup(
@@ -42,5 +45,6 @@ setup(
         "opencv-python-headless",
         "tqdm",
     ],
+    package_data={"fiber_d2.model_zoo": ["manifest.json"]},
     cmdclass={"build_py": BuildPyWithConfigs},
 )

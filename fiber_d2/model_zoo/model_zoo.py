@@ -1,0 +1,95 @@
+"""fiber_d2's model zoo, in the style of `detectron2.model_zoo`: its configs, and the FIBER-Shapes weights shipped in
+the repository (`model_zoo/`, listed in MODEL_ZOO.md) with their sha256.
+
+    from fiber_d2 import model_zoo
+    cfg = model_zoo.get_config("fiber_shapes/zoo/grounding.yaml", trained=True)   # MODEL.WEIGHTS = the checked file
+    path = model_zoo.get_checkpoint_path("fiber_shapes/zoo/grounding.yaml")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ZooChecksumError", "get_checkpoint_path", "get_config", "get_config_file", "list_models", "sha256_of"]
+
+_HERE = Path(__file__).resolve().parent
+_REPO = _HERE.parents[1]
+# A built (non-editable) package carries copies next to this module (setup.py); an editable one reads the repository.
+_CONFIG_ROOTS = (_HERE / "configs", _REPO / "configs")
+_WEIGHT_ROOTS = (_HERE / "weights", _REPO / "model_zoo")
+# {config path relative to configs/: {"file": path relative to model_zoo/, "sha256": hex digest}}
+_MANIFEST = _HERE / "manifest.json"
+
+
+class ZooChecksumError(RuntimeError):
+    """A zoo weights file whose sha256 is not the one the manifest records (a partial or altered file)."""
+
+
+def get_config_file(config_path: str) -> str:
+    """Absolute path of a config given relative to `configs/`, e.g. "fiber_shapes/fiber_tiny_demo.yaml"."""
+    for base in _CONFIG_ROOTS:
+        candidate = base / config_path
+        if candidate.is_file():
+            return str(candidate)
+    roots = " or ".join(str(root) for root in _CONFIG_ROOTS)
+    raise FileNotFoundError(f"fiber_d2 config {config_path!r} not found under {roots}")
+
+
+def list_models(manifest: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The zoo's entries: {config path: {"file": ..., "sha256": ..., other recorded fields}}."""
+    with open(manifest or _MANIFEST, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def get_checkpoint_path(
+    config_path: str,
+    manifest: str | os.PathLike | None = None,
+    weight_roots: tuple[str | os.PathLike, ...] | None = None,
+) -> str:
+    """Local path of the shipped weights trained with `config_path` (relative to `configs/`), after checking that
+    the file's sha256 equals the manifest's. Raises KeyError for a config the zoo has no weights for,
+    FileNotFoundError for a missing file and ZooChecksumError for a file that differs."""
+    models = list_models(manifest)
+    if config_path not in models:
+        raise KeyError(f"the fiber_d2 model zoo has no weights for {config_path!r}; it has: {', '.join(sorted(models))}")
+    entry = models[config_path]
+    roots = [Path(root) for root in (weight_roots or _WEIGHT_ROOTS)]
+    for root in roots:
+        path = root / entry["file"]
+        if path.is_file():
+            break
+    else:
+        raise FileNotFoundError(
+            f"zoo weights {entry['file']!r} for {config_path!r} not found under {' or '.join(map(str, roots))}"
+        )
+    actual = sha256_of(path)
+    if actual != entry["sha256"]:
+        raise ZooChecksumError(f"{path}: sha256 {actual} differs from the model zoo's {entry['sha256']}")
+    return str(path)
+
+
+def get_config(config_path: str, trained: bool = False):
+    """A frozen-free Detectron2 CfgNode with fiber_d2's keys, merged from `config_path`; with `trained`,
+    MODEL.WEIGHTS is the zoo's checked weights file for it."""
+    from detectron2.config import get_cfg
+
+    from ..config import add_fiber_config
+
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(get_config_file(config_path))
+    if trained:
+        cfg.MODEL.WEIGHTS = get_checkpoint_path(config_path)
+    return cfg
