@@ -32,10 +32,10 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
-from ..evaluation.vqa import normalize_vqa_answer, vqa_soft_score
 from .grounding_mapper import swap_left_right
 from .positive_map import encode_prompt
 from .tokenizer import load_tokenizer
+from .vqa_answers import normalize_vqa_answer, vqa_soft_score
 
 logger = logging.getLogger(__name__)
 

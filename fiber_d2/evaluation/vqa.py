@@ -1,15 +1,18 @@
-"""VQAv2 accuracy: the official soft score (min(#humans who gave the answer / 3, 1), averaged leave-one-out).
+"""VQAv2 accuracy exactly as the official evaluation computes it (GT-Vision-Lab/VQA,
+`PythonEvaluationTools/vqaEvaluation/vqaEval.py`).
 
-Answers are compared after `normalize_vqa_answer`, applied to the prediction and to every human answer alike (the
-official script leaves the human answers as they are when all ten are the same string; that only makes a difference
-when such an answer is itself unnormalised, e.g. "Yes" ten times).
+Per question: tabs/newlines become spaces and every answer is stripped. When the human answers are not all the same
+string, the prediction and each human answer are normalised (`normalize_vqa_answer`); when they are all the same, raw
+strings are compared ("Yes" does not match ten "yes"). The accuracy is min(#other human answers equal to the
+prediction / 3, 1) averaged over the human answers left out in turn. Overall and per answer type: 100 x the mean,
+rounded to 2 decimals, halves away from zero (the script's Python 2 `round`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Sequence
 
 from detectron2.data import DatasetCatalog
@@ -17,71 +20,35 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from ..data.vqa_answers import normalize_vqa_answer, strip_vqa_answer
 from .distributed import gather_unique
 
 logger = logging.getLogger(__name__)
 
-# Punctuation the official evaluation removes or turns into a space; apostrophes are kept (for the contractions).
-_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
-_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
-_NUMBER_WORDS = dict(
-    {word: str(value) for value, word in enumerate("zero one two three four five six seven eight nine ten".split())},
-    none="0",
-)
-_ARTICLES = {"a", "an", "the"}
-# The unambiguous part of the official table of contractions written without their apostrophe ("its", "lets", "wed",
-# "well", "were", "id", "ill", "shell" are left alone: they are also words).
-_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "couldve": "could've",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
-    "havent": "haven't", "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's", "im": "i'm",
-    "isnt": "isn't", "itd": "it'd", "itll": "it'll", "ive": "i've", "mightnt": "mightn't", "mightve": "might've",
-    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "shant": "shan't", "shes": "she's",
-    "shouldnt": "shouldn't", "shouldve": "should've", "thats": "that's", "thered": "there'd", "theres": "there's",
-    "theyd": "they'd", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "wasnt": "wasn't",
-    "werent": "weren't", "weve": "we've", "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whered": "where'd", "wheres": "where's", "whod": "who'd", "wholl": "who'll", "whos": "who's", "whove": "who've",
-    "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't", "wouldnt": "wouldn't",
-    "wouldve": "would've", "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've",
-}
+
+def vqa_accuracy(predicted: str, human_answers: Sequence[str]) -> float:
+    """The official accuracy of `predicted` for one question, in [0, 1] (see the module docstring). With fewer than
+    the usual ten human answers the same leave-one-out runs over those given (so a single answer always scores 0)."""
+    if not human_answers:
+        raise ValueError(f"vqa_accuracy needs at least one human answer (predicted {predicted!r})")
+    predicted = strip_vqa_answer(predicted)
+    human_answers = [strip_vqa_answer(answer) for answer in human_answers]
+    if len(set(human_answers)) > 1:
+        predicted = normalize_vqa_answer(predicted)
+        human_answers = [normalize_vqa_answer(answer) for answer in human_answers]
+    matches = [answer == predicted for answer in human_answers]
+    total = sum(matches)
+    return sum(min(1, (total - left_out) / 3) for left_out in matches) / len(matches)
 
 
-def normalize_vqa_answer(text: str) -> str:
-    """An answer as the official VQA evaluation compares it.
-
-    Lowercased, whitespace collapsed. Each punctuation mark of `_PUNCTUATION` is deleted where the answer has it next
-    to a space or contains a digit-comma-digit ("1,000" -> "1000"), else replaced by a space ("t-shirt" -> "t shirt");
-    periods are deleted unless a digit follows ("3.5" stays). Then, word by word: number words zero..ten (and "none")
-    become digits, articles (a, an, the) are dropped, and common contractions missing their apostrophe get it back
-    ("dont" -> "don't", see `_CONTRACTIONS`).
-    """
-    text = " ".join(text.lower().split())
-    has_digit_comma_digit = _DIGIT_COMMA_DIGIT.search(text) is not None
-    for mark in _PUNCTUATION:
-        spaced = f"{mark} " in text or f" {mark}" in text
-        text = text.replace(mark, "" if spaced or has_digit_comma_digit else " ")
-    text = _PERIOD_NOT_BEFORE_DIGIT.sub("", text)
-    words = (_NUMBER_WORDS.get(word, word) for word in text.split())
-    return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
-
-
-def vqa_soft_score(predicted: str, answers: Sequence[str]) -> float:
-    """The official VQA accuracy of `predicted` in [0, 1]: for each human answer left out in turn, min(#of the others
-    equal to `predicted` / 3, 1), averaged. Both sides are normalised (`normalize_vqa_answer`). With fewer than the
-    usual ten answers the same leave-one-out runs over those given (so a single answer always scores 0)."""
-    if not answers:
-        raise ValueError(f"vqa_soft_score needs at least one human answer (predicted {predicted!r})")
-    predicted = normalize_vqa_answer(predicted)
-    matches = sum(normalize_vqa_answer(answer) == predicted for answer in answers)
-    # Leaving out a matching answer leaves matches - 1 equal ones, leaving out another leaves all of them.
-    left_out_match = matches * min((matches - 1) / 3, 1.0)
-    left_out_other = (len(answers) - matches) * min(matches / 3, 1.0)
-    return (left_out_match + left_out_other) / len(answers)
+def round_percent(value: float) -> float:
+    """`value` rounded to 2 decimals, an exact half away from zero (3.125 -> 3.13), as Python 2's `round(value, 2)`."""
+    return float(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 class VQAEvaluator(DatasetEvaluator):
-    """VQA accuracy (percent): the mean `vqa_soft_score` of the questions answered, overall and per `answer_type`.
+    """VQA accuracy (percent, 2 decimals): the mean `vqa_accuracy` of the questions answered, overall and per
+    `answer_type`, summed in the dataset's question order as the official script sums them.
 
     `process()` takes outputs `{"question_id": int, "answer": str}`; the ground truth is the `answers` and
     `answer_type` of the records of `DatasetCatalog.get(dataset_name)`, keyed by `question_id`. `evaluate()` returns
@@ -130,19 +97,22 @@ class VQAEvaluator(DatasetEvaluator):
             )
         if self._output_dir:
             self._dump(answers)
+        all_scores: list[float] = []
         scores_by_type: dict[str, list[float]] = {}
-        for question_id, answer in answers.items():
-            record = self._records()[question_id]
+        for question_id, record in self._records().items():  # in the dataset's order, as the official sums
+            if question_id not in answers:
+                continue
             if not record["answers"]:
                 raise ValueError(
                     f"dataset {self._dataset_name!r}, question_id {question_id!r}: the record has no human answer"
                 )
-            scores_by_type.setdefault(record["answer_type"], []).append(vqa_soft_score(answer, record["answers"]))
-        all_scores = [score for scores in scores_by_type.values() for score in scores]
-        metrics = {"accuracy": 100.0 * sum(all_scores) / len(all_scores)}
+            score = vqa_accuracy(answers[question_id], record["answers"])
+            all_scores.append(score)
+            scores_by_type.setdefault(record["answer_type"], []).append(score)
+        metrics = {"accuracy": round_percent(100 * sum(all_scores) / len(all_scores))}
         for answer_type in sorted(scores_by_type):
             scores = scores_by_type[answer_type]
-            metrics[f"accuracy_{answer_type}"] = 100.0 * sum(scores) / len(scores)
+            metrics[f"accuracy_{answer_type}"] = round_percent(100 * sum(scores) / len(scores))
         logger.info(
             "VQAEvaluator on %r (%d questions), in %%:\n%s",
             self._dataset_name, len(answers), create_small_table(metrics),

@@ -26,7 +26,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ..data.build import load_grounding_dataset_dicts
 from ..data.tokenizer import resolve_path
 from ..data.vl_mapper import build_answer_vocabulary
-from ..evaluation.vqa import normalize_vqa_answer
+from ..data.vqa_answers import normalize_vqa_answer
 from .backbone import FiberBackbone, FusionMode
 from .coarse_heads import CoarseHeads
 from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
