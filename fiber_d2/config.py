@@ -21,6 +21,10 @@ def add_fiber_config(cfg: CN) -> None:
     # RefExp Precision@k counts a box as a hit at overlap >= 0.5 by "iou", or by "giou" (MDETR's/FIBER's protocol).
     cfg.TEST.REFEXP_BOX_MATCH = "iou"
 
+    # A bad training record (a bad box or span, a missing, empty, corrupt or wrong-size image): "raise" an error naming
+    # dataset, file and record, or "skip" it with a warning. Evaluation always raises on an unreadable image.
+    cfg.DATASETS.ON_BAD_RECORD = "raise"
+
     # On a horizontal flip, swap "left"/"right" in grounding captions (spans kept right); False: never flip those.
     cfg.INPUT.FLIP_SWAP_LEFT_RIGHT = True
 
