@@ -18,8 +18,9 @@ def add_fiber_config(cfg: CN) -> None:
     # File under OUTPUT_DIR where evaluation writes {dataset_name: {task: {metric: value}}} (merged with earlier runs).
     cfg.TEST.RESULTS_FILE = "results.json"
 
-    # RefExp Precision@k counts a box as a hit at overlap >= 0.5 by "iou", or by "giou" (MDETR's/FIBER's protocol).
-    cfg.TEST.REFEXP_BOX_MATCH = "iou"
+    # RefExp Precision@k counts a box as a hit at overlap >= 0.5 by "giou" (generalized IoU: MDETR's/FIBER's
+    # protocol) or by "iou" (laxer).
+    cfg.TEST.REFEXP_BOX_MATCH = "giou"
 
     # A bad training record (a bad box or span, a missing, empty, corrupt or wrong-size image): "raise" an error naming
     # dataset, file and record, or "skip" it with a warning. Evaluation always raises on an unreadable image.

@@ -107,20 +107,26 @@ def test_flickr_any_box_and_merged_protocols(register):
 def test_flickr_unseen_records_warn_and_per_phrase_dump(register, tmp_path, caplog):
     name = register(FLICKR_RECORDS, evaluator_type="flickr30k")
     evaluator = FlickrGroundingEvaluator(name, output_dir=str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="fiber_d2.evaluation"):
+    with caplog.at_level(logging.INFO, logger="fiber_d2.evaluation"):
         results = _evaluate(evaluator, FLICKR_PREDICTIONS, image_ids=[1])
     assert results == {"grounding": {"R@1": 50.0, "R@5": 100.0, "R@10": 100.0}}  # ranks 3 and 1
     assert "2 of 3 records" in caplog.text
+    assert "1 records; box hit at IoU >= 0.5 with ANY of the phrase's GT boxes)" in caplog.text
     rows = json.loads((tmp_path / "flickr30k_phrase_ranks.json").read_text())
     assert rows == [{"image_id": 1, "phrase_index": 0, "rank": 3}, {"image_id": 1, "phrase_index": 1, "rank": 1}]
     with pytest.raises(KeyError, match="99"):
         evaluator.process([{"image_id": 99}], [{"instances": _instances([])}])
 
 
-def test_refexp_iou_and_giou_precision(register):
+def test_refexp_iou_and_giou_precision(register, caplog):
     name = register(REFEXP_RECORDS, evaluator_type="refexp")
-    assert _evaluate(RefExpEvaluator(name), REFEXP_PREDICTIONS) == {"refexp": REFEXP_IOU}
-    assert _evaluate(RefExpEvaluator(name, match="giou"), REFEXP_PREDICTIONS) == {"refexp": REFEXP_GIOU}
+    with caplog.at_level(logging.INFO, logger="fiber_d2.evaluation"):
+        assert _evaluate(RefExpEvaluator(name), REFEXP_PREDICTIONS) == {"refexp": REFEXP_GIOU}  # official default
+    assert "4 records; box hit at GIoU (MDETR/FIBER protocol) >= 0.5)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fiber_d2.evaluation"):
+        assert _evaluate(RefExpEvaluator(name, match="iou"), REFEXP_PREDICTIONS) == {"refexp": REFEXP_IOU}
+    assert "4 records; box hit at IoU >= 0.5)" in caplog.text
     with pytest.raises(ValueError, match="'diou'"):
         RefExpEvaluator(name, match="diou")
 
@@ -142,9 +148,9 @@ def test_build_evaluator_from_metadata(register):
     flickr = build_evaluator(cfg, register(FLICKR_RECORDS, evaluator_type="flickr30k", merged_gt=True))
     assert isinstance(flickr, FlickrGroundingEvaluator) and flickr.protocol == "merged"
     refexp_name = register(REFEXP_RECORDS, evaluator_type="refexp")
-    assert build_evaluator(cfg, refexp_name).match == "iou"
-    cfg.TEST.REFEXP_BOX_MATCH = "giou"
+    assert build_evaluator(cfg, refexp_name).match == "giou"  # TEST.REFEXP_BOX_MATCH's default: the official protocol
+    cfg.TEST.REFEXP_BOX_MATCH = "iou"
     refexp = build_evaluator(cfg, refexp_name)
-    assert isinstance(refexp, RefExpEvaluator) and refexp.match == "giou"
+    assert isinstance(refexp, RefExpEvaluator) and refexp.match == "iou"
     with pytest.raises(NotImplementedError, match="'flickr30k', 'refexp'"):
         build_evaluator(cfg, register([], evaluator_type="nonexistent"))

@@ -7,7 +7,7 @@ from detectron2.structures import BoxMode
 from torchvision.ops import box_iou
 
 from ..data.phrases import grounding_phrases, phrase_annotation_indices
-from .ranking import RankEvaluator, first_hit_rank
+from .ranking import MATCH_THRESHOLD, RankEvaluator, first_hit_rank
 
 FLICKR_PROTOCOLS = ("any", "merged")
 
@@ -32,6 +32,10 @@ class FlickrGroundingEvaluator(RankEvaluator):
         if protocol not in FLICKR_PROTOCOLS:
             raise ValueError(f"Unknown Flickr30k protocol {protocol!r}; expected one of {FLICKR_PROTOCOLS}")
         self.protocol = protocol
+
+    def protocol_description(self) -> str:
+        boxes = "ANY of the phrase's GT boxes" if self.protocol == "any" else "the merged box of the phrase's GT boxes"
+        return f"box hit at IoU >= {MATCH_THRESHOLD} with {boxes}"
 
     def _record_ranks(
         self, record: dict, pred_boxes: torch.Tensor, scores: torch.Tensor, pred_classes: torch.Tensor

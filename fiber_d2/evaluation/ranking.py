@@ -57,7 +57,8 @@ class RankEvaluator(DatasetEvaluator):
     """A `DatasetEvaluator` that scores each record by the ranks of its items' first hits (see the module docstring).
 
     Subclasses set `task` (the key of the results), `metric_prefix` ("R" -> "R@1", ...) and `results_file` (the
-    per-item dump under `output_dir`), and implement `_record_ranks`. The ground truth is read from
+    per-item dump under `output_dir`), and implement `_record_ranks` and `protocol_description` (logged with the
+    results). The ground truth is read from
     `DatasetCatalog.get(dataset_name)` on first use; records are keyed by their `image_id`.
     """
 
@@ -102,10 +103,15 @@ class RankEvaluator(DatasetEvaluator):
         ranks = [rank for record_ranks in ranks_by_id.values() for _, rank in record_ranks]
         metrics = {f"{self.metric_prefix}@{k}": value for k, value in hit_rate_at_k(ranks).items()}
         logger.info(
-            "%s on %r (%d scored items in %d records), in %%:\n%s",
-            type(self).__name__, self._dataset_name, len(ranks), len(ranks_by_id), create_small_table(metrics),
+            "%s on %r (%d scored items in %d records; %s), in %%:\n%s",
+            type(self).__name__, self._dataset_name, len(ranks), len(ranks_by_id), self.protocol_description(),
+            create_small_table(metrics),
         )
         return {self.task: metrics}
+
+    def protocol_description(self) -> str:
+        """How a hit is decided, e.g. "box hit at GIoU >= 0.5", printed with the results."""
+        raise NotImplementedError
 
     def _record_ranks(
         self, record: dict, pred_boxes: torch.Tensor, scores: torch.Tensor, pred_classes: torch.Tensor
