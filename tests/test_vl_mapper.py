@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data.detection_utils import SizeMismatchError
 from PIL import Image
 
 from fiber_d2.config import add_fiber_config
 from fiber_d2.data import vl_mapper
+from fiber_d2.data.image_io import ImageError
 from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
 from fiber_d2.data.vl_mapper import VLDatasetMapper, build_answer_vocabulary, mask_tokens
 
@@ -302,7 +302,8 @@ def test_bad_records_and_settings_are_named(data):
             train_mapper(record)
     with pytest.raises(ValueError, match="image_id 7: caption #1 is not a non-empty str"):
         VLDatasetMapper(cfg, False, task="retrieval")(pair_record(data, captions=["a star", "  "]))
-    with pytest.raises(SizeMismatchError, match="noise.png"):
+    with pytest.raises(ImageError, match="noise.png, image_id 7: the image is 40x60 \\(height x width\\), the record "
+                                         "says 41x60$"):
         train_mapper(pair_record(data, height=41))  # the record's size is not the image's
     with pytest.raises(ValueError, match="unknown VL task 'detection'"):
         VLDatasetMapper(cfg, True, task="detection")

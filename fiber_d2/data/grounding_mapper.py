@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from .datasets.errors import check_on_bad_record
+from .image_io import ImageError, describe_record, read_record_image
 from .phrases import grounding_phrases, phrase_annotation_indices
 from .positive_map import PromptError, char_spans_to_token_map, encode_prompt, encode_prompt_with_cut
-from .prompts import PromptChunk, clean_category_name, training_detection_prompt, vocabulary_chunks
+from .prompts import PromptChunk, caption_chunk, clean_category_name, training_detection_prompt, vocabulary_chunks
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class GroundingDatasetMapper:
         train_shuffle: bool = True,
         swap_left_right_on_flip: bool = True,
         dataset_name: str | None = None,
+        on_bad_record: str = "raise",
     ) -> None:
         """
         Args:
@@ -114,7 +116,12 @@ class GroundingDatasetMapper:
             separator, chunk_size, train_negatives, train_shuffle: MODEL.FIBER.PROMPT.*.
             swap_left_right_on_flip: INPUT.FLIP_SWAP_LEFT_RIGHT (False: never flip a caption with left/right).
             dataset_name: the dataset of detection records without `source_dataset`.
+            on_bad_record: DATASETS.ON_BAD_RECORD. An image that is missing, empty, corrupt, truncated or not of the
+                record's size raises an ImageError naming dataset, file and image_id ("raise"), or, in training
+                only, is logged and the record skipped ("skip": the mapper returns None and Detectron2's loader
+                takes another record). At inference it always raises: a skipped image would go unevaluated.
         """
+        check_on_bad_record(on_bad_record)
         self.is_train = is_train
         self.resize = resize
         self.horizontal_flip = horizontal_flip
@@ -127,6 +134,7 @@ class GroundingDatasetMapper:
         self.train_shuffle = train_shuffle
         self.swap_left_right_on_flip = swap_left_right_on_flip
         self.dataset_name = dataset_name
+        self.on_bad_record = on_bad_record
         self._names: dict[str, list[str]] = {}
         self._chunks: dict[str, list[PromptChunk]] = {}
         logger.info("[GroundingDatasetMapper] %s: %s, horizontal flip %s", "training" if is_train else "inference",
@@ -158,6 +166,7 @@ class GroundingDatasetMapper:
             "train_shuffle": prompt.TRAIN_SHUFFLE,
             "swap_left_right_on_flip": cfg.INPUT.FLIP_SWAP_LEFT_RIGHT,
             "dataset_name": dataset_name,
+            "on_bad_record": cfg.DATASETS.ON_BAD_RECORD,
         }
 
     # ----- detection vocabularies (cached per dataset) -----
@@ -183,11 +192,16 @@ class GroundingDatasetMapper:
 
     # ----- the mapping -----
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        record = dict(dataset_dict)  # check_image_size may add width/height; nothing nested is modified
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        record = dict(dataset_dict)  # read_record_image may add width/height; nothing nested is modified
         where = self._where(record)
-        image = utils.read_image(record["file_name"], format=self.image_format)
-        utils.check_image_size(record, image)
+        try:
+            image = read_record_image(record, self.image_format, where)
+        except ImageError as e:
+            if not self.is_train or self.on_bad_record == "raise":
+                raise
+            logger.warning("Skipping a bad record: %s", e)
+            return None
         is_grounding = "caption" in record
 
         resize = self.resize.get_transform(image)
@@ -246,10 +260,7 @@ class GroundingDatasetMapper:
         return torch.as_tensor(boxes, dtype=torch.float32)
 
     def _where(self, record: dict) -> str:
-        dataset = record.get("source_dataset") or self.dataset_name
-        parts = [f"dataset {dataset!r}"] if dataset else []
-        parts += [f"file {record.get('file_name')}", f"image_id {record.get('image_id')}"]
-        return ", ".join(parts)
+        return describe_record(record, self.dataset_name)
 
     def _dataset_of(self, record: dict, where: str) -> str:
         name = record.get("source_dataset") or self.dataset_name
@@ -261,21 +272,10 @@ class GroundingDatasetMapper:
         return name
 
     def _grounding_chunk(self, record: dict, where: str) -> PromptChunk:
-        caption = record["caption"]
-        input_ids, offsets, cut = encode_prompt_with_cut(self.tokenizer, caption, self.max_query_len)
-        if cut < len(caption):
-            raise PromptError(
-                f"{where}: the caption is longer than MODEL.FIBER.MAX_QUERY_LEN = {self.max_query_len} tokens "
-                f"(with <s> and </s>): {caption[:200]!r}"
-            )
         phrases = grounding_phrases(record)
         if not phrases:
             raise PromptError(f"{where}: the record has no phrase to ground (no tokens_positive)")
-        label_token_map = char_spans_to_token_map(
-            offsets, phrases, len(input_ids), [f"{where}, phrase {p}" for p in range(len(phrases))], caption
-        )
-        names = [" ".join(caption[s:e] for s, e in spans) for spans in phrases]
-        return PromptChunk(caption, input_ids, label_token_map, torch.arange(len(phrases), dtype=torch.long), names)
+        return caption_chunk(record["caption"], phrases, self.tokenizer, self.max_query_len, where)
 
     def _grounding_targets(self, record: dict, annotations: list[tuple[int, dict]], flip: bool, where: str):
         caption = record["caption"]

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .positive_map import PromptError, char_spans_to_token_map, encode_prompt, fits
+from .positive_map import PromptError, char_spans_to_token_map, encode_prompt, encode_prompt_with_cut, fits
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,29 @@ def make_prompt_chunk(
     label_token_map = char_spans_to_token_map(offsets, [[span] for span in spans], len(input_ids), where, caption)
     label_ids = torch.tensor(list(label_ids), dtype=torch.long)
     return PromptChunk(caption, input_ids, label_token_map, label_ids, list(names))
+
+
+def caption_chunk(
+    caption: str, phrases: Sequence[Sequence[Sequence[int]]], tokenizer, max_len: int, where: str = "the caption"
+) -> PromptChunk:
+    """The PromptChunk of a grounding caption whose labels are `phrases` (each a list of [start, end) character
+    spans), labels 0..L-1 named by their text (a phrase's spans joined by spaces).
+
+    Raises PromptError naming `where` if the caption exceeds max_len tokens, has no phrase, or a span maps to no
+    token."""
+    input_ids, offsets, cut = encode_prompt_with_cut(tokenizer, caption, max_len)
+    if cut < len(caption):
+        raise PromptError(
+            f"{where}: the caption is longer than MODEL.FIBER.MAX_QUERY_LEN = {max_len} tokens (with <s> and </s>): "
+            f"{caption[:200]!r}"
+        )
+    if not phrases:
+        raise PromptError(f"{where}: no phrase to ground in {caption[:200]!r}")
+    label_token_map = char_spans_to_token_map(
+        offsets, phrases, len(input_ids), [f"{where}, phrase {p}" for p in range(len(phrases))], caption
+    )
+    names = [" ".join(caption[start:end] for start, end in spans) for spans in phrases]
+    return PromptChunk(caption, input_ids, label_token_map, torch.arange(len(phrases), dtype=torch.long), names)
 
 
 def _longest_fitting_prefix(names: Sequence[str], tokenizer, max_len: int, separator: str) -> int:

@@ -28,11 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
+from .datasets.errors import check_on_bad_record
 from .grounding_mapper import swap_left_right
+from .image_io import ImageError, describe_record, read_record_image
 from .positive_map import encode_prompt
 from .tokenizer import load_tokenizer
 from .vqa_answers import normalize_vqa_answer, vqa_soft_score
@@ -88,8 +89,8 @@ def mask_tokens(
 
 
 def _where(record: dict) -> str:
-    """The record's name in error messages: its file, image_id and (VQA) question_id."""
-    where = f"file {record.get('file_name')}, image_id {record.get('image_id')}"
+    """The record's name in error messages: its dataset, file, image_id and (VQA) question_id."""
+    where = describe_record(record)
     if "question_id" in record:
         where += f", question_id {record['question_id']}"
     return where
@@ -151,6 +152,7 @@ class VLDatasetMapper:
         max_text_len: int,
         mlm_probability: float,
         answer_vocabulary: list[str] | None = None,
+        on_bad_record: str = "raise",
     ) -> None:
         """
         Args:
@@ -161,7 +163,12 @@ class VLDatasetMapper:
             image_format: INPUT.FORMAT. tokenizer: a fast RoBERTa tokenizer with a <mask> token.
             max_text_len: the most tokens of a text, <s> and </s> included. mlm_probability: MLM's choice rate.
             answer_vocabulary: the VQA answer classes (required for "vqa"), e.g. `build_answer_vocabulary`'s.
+            on_bad_record: DATASETS.ON_BAD_RECORD. An image that is missing, empty, corrupt, truncated or not of the
+                record's size raises an ImageError naming dataset, file and image_id ("raise"), or, in training
+                only, is logged and the record skipped ("skip": the mapper returns None and Detectron2's loader
+                takes another record). At inference it always raises.
         """
+        check_on_bad_record(on_bad_record)
         if task not in TASKS:
             raise ValueError(f"unknown VL task {task!r}; expected one of {TASKS}")
         if image_size < 1:
@@ -188,6 +195,7 @@ class VLDatasetMapper:
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
         self.mlm_probability = mlm_probability
+        self.on_bad_record = on_bad_record
         self.answer_vocabulary = list(answer_vocabulary) if answer_vocabulary is not None else None
         self._answer_index = {a: i for i, a in enumerate(self.answer_vocabulary or [])}
         self._special_ids = torch.tensor(sorted(tokenizer.all_special_ids), dtype=torch.long)
@@ -217,13 +225,19 @@ class VLDatasetMapper:
             "max_text_len": vl.MAX_TEXT_LEN,
             "mlm_probability": vl.MLM_PROBABILITY,
             "answer_vocabulary": answer_vocabulary,
+            "on_bad_record": cfg.DATASETS.ON_BAD_RECORD,
         }
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        record = dict(dataset_dict)  # check_image_size may add width/height; nothing nested is modified
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        record = dict(dataset_dict)  # read_record_image may add width/height; nothing nested is modified
         where = _where(record)
-        image = utils.read_image(record["file_name"], format=self.image_format)
-        utils.check_image_size(record, image)
+        try:
+            image = read_record_image(record, self.image_format, where)
+        except ImageError as e:
+            if not self.is_train or self.on_bad_record == "raise":
+                raise
+            logger.warning("Skipping a bad record: %s", e)
+            return None
         image, flip = self._transform_image(image)
         out = {
             "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
