@@ -23,7 +23,9 @@ from fiber_d2.data.datasets import (
     parse_entities_sentence,
     register_all_fiber_datasets,
     register_fiber_shapes,
+    register_flickr30k_entities,
 )
+from fiber_d2.data.datasets.flickr30k_entities import entities_grounding_records
 
 
 def write_json(path, data):
@@ -334,6 +336,21 @@ def test_mdetr_missing_keys_are_named(tmp_path):
         load_mdetr_json(json_file, str(tmp_path / "images"))
 
 
+
+def test_mdetr_image_size_as_numeric_strings(tmp_path):
+    # MDETR's own conversion scripts write "height"/"width" as strings.
+    os.makedirs(tmp_path / "images")
+    data = mdetr_flickr()
+    data["images"][0].update(height="300", width="400.0")
+    (record,) = load_mdetr_json(write_json(tmp_path / "a.json", data), str(tmp_path / "images"))
+    assert (record["height"], record["width"]) == (300, 400)
+    assert isinstance(record["height"], int) and isinstance(record["width"], int)
+    data["images"][0]["width"] = "wide"
+    json_file = write_json(tmp_path / "b.json", data)
+    with pytest.raises(DatasetFormatError, match=r"b\.json: image id 0: width 'wide' is not a positive whole number"):
+        load_mdetr_json(json_file, str(tmp_path / "images"))
+    assert load_mdetr_json(json_file, str(tmp_path / "images"), on_bad_record="skip") == []
+
 # ---------------------------------------------------------------- Flickr30k Entities (raw)
 SENTENCES = (
     "[/EN#18/people A child] in [/EN#19/clothing a pink dress] is climbing up [/EN#20/other a set of stairs] .\n"
@@ -400,6 +417,62 @@ def test_flickr30k_entities_errors_name_the_file(tmp_path, caplog):
     assert record["boxes"] == {"18": [[10, 20, 110, 220]]}
     with pytest.raises(FileNotFoundError, match=r"split file not found: .*val\.txt"):
         load_flickr30k_entities(str(tmp_path), str(tmp_path / "images"), "val")
+
+
+def test_flickr30k_entities_grounding_records(tmp_path):
+    # A third sentence whose only phrase (20) has no box is left out, as MDETR's Flickr30k evaluator does.
+    write_entities(tmp_path, sentences=SENTENCES + "[/EN#20/other Stairs] here\n")
+    first, second = entities_grounding_records(load_flickr30k_entities(str(tmp_path), str(tmp_path / "images"), "test"))
+    assert first["caption"] == "A child in a pink dress is climbing up a set of stairs ."
+    assert (first["image_id"], first["original_img_id"], first["sentence_id"]) == (0, 1000092795, 0)
+    assert (first["height"], first["width"]) == (375, 500)
+    assert first["file_name"] == str(tmp_path / "images" / "1000092795.jpg")
+    # phrases 18 ("A child") and 19 ("a pink dress") have boxes; 20 has none and is not a phrase of the record
+    assert first["tokens_positive_eval"] == [[[0, 7]], [[11, 23]]]
+    assert [(a["bbox"], a["bbox_mode"], a["tokens_positive"], a["phrase_ids"]) for a in first["annotations"]] == [
+        ([10, 20, 110, 220], BoxMode.XYXY_ABS, [[0, 7]], "18"),
+        ([30, 40, 60, 90], BoxMode.XYXY_ABS, [[0, 7]], "18"),
+        ([30, 40, 60, 90], BoxMode.XYXY_ABS, [[11, 23]], "19"),
+    ]
+    # sentence 1: "A little girl" (18) has boxes, "her hands" (21, scene) has none
+    assert (second["image_id"], second["sentence_id"], second["tokens_positive_eval"]) == (1, 1, [[[0, 13]]])
+    assert [a["bbox"] for a in second["annotations"]] == [[10, 20, 110, 220], [30, 40, 60, 90]]
+
+
+def test_raw_flickr30k_entities_are_evaluable(tmp_path, catalog_names):
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from fiber_d2.evaluation import FlickrGroundingEvaluator
+
+    write_entities(tmp_path)
+    for name, merged in (("t_entities_any", False), ("t_entities_merged", True)):
+        register_flickr30k_entities(name, str(tmp_path), str(tmp_path / "images"), "test", merged_gt=merged)
+        catalog_names.append(name)
+
+    def instances(predictions):
+        out = Instances((375, 500))
+        out.pred_boxes = Boxes(torch.tensor([b for b, _, _ in predictions], dtype=torch.float32).reshape(-1, 4))
+        out.scores = torch.tensor([s for _, s, _ in predictions])
+        out.pred_classes = torch.tensor([c for _, _, c in predictions], dtype=torch.int64)
+        return out
+
+    outputs = {
+        # "A child": exactly its 2nd box first (ANY-box hit at rank 1; IoU 0.075 with the merged box), then exactly
+        # its 1st box, which is also the merged box (rank 2); "a pink dress": a miss, then its box (rank 2).
+        0: instances([([30, 40, 60, 90], 0.9, 0), ([10, 20, 110, 220], 0.5, 0), ([0, 0, 5, 5], 0.8, 1),
+                       ([30, 40, 60, 90], 0.7, 1)]),
+        1: instances([]),  # "A little girl": no prediction
+    }
+    results = {}
+    for name in ("t_entities_any", "t_entities_merged"):
+        evaluator = FlickrGroundingEvaluator(name)
+        evaluator.reset()
+        for image_id, output in outputs.items():
+            evaluator.process([{"image_id": image_id}], [{"instances": output}])
+        results[name] = evaluator.evaluate()["grounding"]
+    assert results["t_entities_any"] == pytest.approx({"R@1": 100 / 3, "R@5": 200 / 3, "R@10": 200 / 3})  # 1, 2, -
+    assert results["t_entities_merged"] == pytest.approx({"R@1": 0.0, "R@5": 200 / 3, "R@10": 200 / 3})  # 2, 2, -
 
 
 # ---------------------------------------------------------------- image-text pairs
@@ -659,8 +732,8 @@ def test_fiber_shapes_every_split_and_task_loads(tmp_path, catalog_names):
     (pairs,) = DatasetCatalog.get("t_shapes_pairs_novel")
     assert pairs["image_id"] == 3 and pairs["file_name"].endswith(os.path.join("images", "novel", "000003.jpg"))
     assert MetadataCatalog.get("t_shapes_flickr_val").flickr30k_entities_root == str(root / "flickr30k_entities")
-    (entities,) = DatasetCatalog.get("t_shapes_flickr_entities_val")
-    assert entities["image_id"] == 2 and entities["boxes"]["2"] == [[30, 10, 46, 40]]
+    (entities,) = DatasetCatalog.get("t_shapes_flickr_entities_val")  # its (image, sentence) grounding records
+    assert entities["original_img_id"] == 2 and entities["annotations"][1]["bbox"] == [30, 10, 46, 40]
     (vqa,) = DatasetCatalog.get("t_shapes_vqa_train")
     assert vqa["file_name"] == str(root / "images" / "train" / "000001.jpg") and vqa["answers"] == ["2"] * 10
 
@@ -691,9 +764,8 @@ def test_generated_fiber_shapes_loads_in_every_task(tmp_path, catalog_names):
         assert dicts and all(os.path.isfile(d["file_name"]) for d in dicts), name
     assert len(MetadataCatalog.get("t_generated_val").thing_classes) == 6
     # the raw Flickr30k Entities sentences and the MDETR Flickr captions describe the same phrases
-    raw = {(d["image_id"], s["sentence"]): s["phrases"] for d in DatasetCatalog.get("t_generated_flickr_entities_val")
-           for s in d["sentences"]}
+    raw = {(d["original_img_id"], d["caption"]): d for d in DatasetCatalog.get("t_generated_flickr_entities_val")}
     for record in DatasetCatalog.get("t_generated_flickr_val"):
-        phrases = raw[(record["original_img_id"], record["caption"])]
+        phrases = raw[(record["original_img_id"], record["caption"])]["tokens_positive_eval"]
         spans = {tuple(span) for a in record["annotations"] for span in a["tokens_positive"]}
-        assert spans <= {tuple(p["span"]) for p in phrases}
+        assert spans <= {tuple(span) for phrase in phrases for span in phrase}

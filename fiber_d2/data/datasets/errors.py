@@ -138,6 +138,19 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def pixel_count(value: Any) -> int | None:
+    """`value` as a positive whole number of pixels: an int, an integral float, or a string of one ("480", "480.0":
+    MDETR's conversion scripts write image sizes as strings); None for anything else (True, "abc", 0, -3, 12.5)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not _is_number(value) or not math.isfinite(value) or value <= 0 or value != int(value):
+        return None
+    return int(value)
+
+
 def _box_problem(x: float, y: float, w: float, h: float, width: float, height: float, tolerance: float) -> str | None:
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return "has a NaN or infinite coordinate"

@@ -1,16 +1,22 @@
 """Flickr30k Entities in its raw format (`{split}.txt`, `Sentences/{id}.txt`, `Annotations/{id}.xml`), for evaluation.
 
-One output dict per image: `file_name, height, width, image_id, sentences, boxes, nobox_phrase_ids,
-scene_phrase_ids`. `sentences[i] = {sentence, phrases: [{phrase_id, phrase, phrase_type, span}]}`: the sentence
-without its `[/EN#id/type ...]` markup (words joined by single spaces), each phrase's id (a string, as in the files),
-text, type path as written ("people", "clothing/bodyparts"), and `[start, end)` character span in the sentence.
+`load_flickr30k_entities` parses the files: one output dict per image, `file_name, height, width, image_id,
+sentences, boxes, nobox_phrase_ids, scene_phrase_ids`. `sentences[i] = {sentence, phrases: [{phrase_id, phrase,
+phrase_type, span}]}`: the sentence without its `[/EN#id/type ...]` markup (words joined by single spaces), each
+phrase's id (a string, as in the files), text, type path as written ("people", "clothing/bodyparts"), and
+`[start, end)` character span in the sentence.
 `boxes[phrase_id]` = list of [x0, y0, x1, y1] in pixels (`BoxMode.XYXY_ABS`) as the XML gives them.
+
+`entities_grounding_records` turns those into the (image, sentence) grounding records that the grounding mapper and
+`FlickrGroundingEvaluator` read (MDETR format); `register_flickr30k_entities` registers them.
 """
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
 from typing import Any
+
+from detectron2.structures import BoxMode
 
 from .catalog import register_dataset
 from .errors import (
@@ -58,14 +64,48 @@ def load_flickr30k_entities(
     return dicts
 
 
+def entities_grounding_records(images: list[dict]) -> list[dict]:
+    """The (image, sentence) grounding records of `load_flickr30k_entities`'s images, as MDETR's Flickr30k evaluator
+    reads the raw files (its `datasets/flickr_eval.py`): a sentence keeps the phrases whose phrase id has a box, and a
+    sentence without any is left out.
+
+    Each record: `file_name, height, width, image_id` (0, 1, ... in order), `original_img_id` (the image's id),
+    `sentence_id` (the sentence's index in its file), `caption` (the sentence), `tokens_positive_eval` (the kept
+    phrases' spans, one [[start, end)] each, in sentence order) and `annotations`: one per box of each kept phrase,
+    `{bbox: [x0, y0, x1, y1], bbox_mode: XYXY_ABS, category_id: 1, tokens_positive: [[start, end)], phrase_ids}`.
+    """
+    records = []
+    for image in images:
+        for sentence_id, sentence in enumerate(image["sentences"]):
+            phrases = [phrase for phrase in sentence["phrases"] if phrase["phrase_id"] in image["boxes"]]
+            if not phrases:
+                continue
+            annotations = [
+                {"bbox": list(box), "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1,
+                 "tokens_positive": [list(phrase["span"])], "phrase_ids": phrase["phrase_id"]}
+                for phrase in phrases
+                for box in image["boxes"][phrase["phrase_id"]]
+            ]
+            records.append({
+                "file_name": image["file_name"], "height": image["height"], "width": image["width"],
+                "image_id": len(records), "original_img_id": image["image_id"], "sentence_id": sentence_id,
+                "caption": sentence["sentence"], "tokens_positive_eval": [[list(p["span"])] for p in phrases],
+                "annotations": annotations,
+            })
+    return records
+
+
 def register_flickr30k_entities(
     name: str, entities_root: str, image_root: str, split: str, on_bad_record: str = "raise", **metadata: Any
 ) -> None:
-    """Register one split of a raw Flickr30k Entities tree (evaluator_type "flickr30k")."""
+    """Register one split of a raw Flickr30k Entities tree as its (image, sentence) grounding records
+    (`entities_grounding_records`; evaluator_type "flickr30k", ANY-box unless `metadata` has merged_gt=True)."""
     check_on_bad_record(on_bad_record)
     register_dataset(
         name,
-        lambda: load_flickr30k_entities(entities_root, image_root, split, name, on_bad_record),
+        lambda: entities_grounding_records(
+            load_flickr30k_entities(entities_root, image_root, split, name, on_bad_record)
+        ),
         flickr30k_entities_root=entities_root,
         image_root=image_root,
         split=split,

@@ -1,7 +1,8 @@
 """MDETR grounding annotations: `final_mixed_train_no_coco.json`, `final_flickr_{separate,merged}GT_*.json`,
 `final_refcoco{,+,g}_*.json`, and FIBER-Shapes' files in the same format.
 
-One output dict per (image, caption) record: `file_name, height, width, image_id, caption, annotations`, each
+One output dict per (image, caption) record: `file_name, height, width (ints; numeric strings such as "480", as
+MDETR's conversion scripts write them, are accepted), image_id, caption, annotations`, each
 annotation `{bbox: [x, y, w, h] pixels, bbox_mode: XYWH_ABS, category_id (as in the file, not remapped),
 tokens_positive: [[start, end), ...] character spans of the caption, phrase_ids (when present)}`, plus the record's
 `dataset_name, tokens_positive_eval, sentence_id, original_img_id, original_id` when present.
@@ -21,6 +22,7 @@ from .errors import (
     RecordReporter,
     check_on_bad_record,
     load_json,
+    pixel_count,
     record_label,
     require_dir,
     require_file,
@@ -118,6 +120,12 @@ def _convert_record(
         }
     except KeyError as e:
         raise reporter.missing_key(e.args[0], label) from None
+    for key in ("height", "width"):
+        size = pixel_count(record[key])
+        if size is None:
+            reporter.bad_record(label, f"{key} {record[key]!r} is not a positive whole number of pixels")
+            return None
+        record[key] = size
     caption = record["caption"]
     if not isinstance(caption, str):
         raise DatasetFormatError(f"{reporter.source}: {label}: 'caption' is not a string")
