@@ -1,13 +1,15 @@
-"""Data loaders: Detectron2's loaders with GroundingDatasetMapper (the detector) or VLDatasetMapper (coarse stage)."""
+"""Data loaders with GroundingDatasetMapper (the detector) or VLDatasetMapper (coarse stage): Detectron2's test loader;
+for training ResumableTrainLoader (Detectron2's sampling, with a position that checkpoints save)."""
 from __future__ import annotations
 
 import logging
 from typing import Sequence
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 
 from .grounding_mapper import GroundingDatasetMapper
+from .resumable_loader import ResumableTrainLoader
 from .vl_mapper import VLDatasetMapper
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,13 @@ def load_grounding_dataset_dicts(names: Sequence[str], filter_empty: bool = Fals
     return dicts
 
 
-def build_grounding_train_loader(cfg: CfgNode):
-    """An infinite loader of training batches (lists of GroundingDatasetMapper outputs) over all DATASETS.TRAIN."""
+def build_grounding_train_loader(cfg: CfgNode) -> ResumableTrainLoader:
+    """An infinite loader of training batches (lists of GroundingDatasetMapper outputs) over all DATASETS.TRAIN; its
+    position goes into checkpoints (ResumableTrainLoader)."""
     dataset = load_grounding_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    return build_detection_train_loader(
+    return ResumableTrainLoader(
         dataset,
-        mapper=GroundingDatasetMapper(cfg, True),
+        GroundingDatasetMapper(cfg, True),
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -63,13 +66,14 @@ def build_vl_train_loader(
     task: str = "pretrain",
     answer_vocabulary: Sequence[str] | None = None,
 ):
-    """An infinite loader of image-level training batches (lists of VLDatasetMapper outputs, images S x S).
+    """An infinite loader of image-level training batches (lists of VLDatasetMapper outputs, images S x S); its
+    position goes into checkpoints (ResumableTrainLoader).
 
     task: "pretrain", "vqa" (needs `answer_vocabulary`) or "caption".
     """
-    return build_detection_train_loader(
+    return ResumableTrainLoader(
         load_grounding_dataset_dicts(dataset_names),
-        mapper=VLDatasetMapper(cfg, True, task=task, answer_vocabulary=answer_vocabulary),
+        VLDatasetMapper(cfg, True, task=task, answer_vocabulary=answer_vocabulary),
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,

@@ -1,34 +1,85 @@
-"""The results file: `{dataset_name: {task: {metric: value}}}` as JSON, values as the evaluators give them."""
+"""The results file: `{dataset_name: {task: {metric: value}}}` as JSON, values as the evaluators give them.
+
+`check_results_file` runs before an evaluation (a file that cannot be merged into fails then, not after it);
+`save_results_json` merges one or more datasets' results under an exclusive lock on `<path>.lock` (fcntl.flock), so
+that processes writing the same file never lose each other's entries, and replaces the file atomically.
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
-import tempfile
-from typing import Mapping
+import uuid
+from typing import Iterator, Mapping
+
+
+class ResultsFileError(ValueError):
+    """A results file that cannot be merged into (not JSON, not an object, a directory); one line naming it."""
+
+
+def check_results_file(path: str) -> None:
+    """Raise ResultsFileError unless `path` is absent or a JSON object whose directory is writable."""
+    _read(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.access(directory, os.W_OK):
+        raise ResultsFileError(f"results file {path}: its directory is not writable")
 
 
 def save_results_json(results: Mapping[str, Mapping], path: str) -> dict:
     """Merge `results` into the JSON file at `path` (datasets evaluated again are replaced) and return the merged dict.
 
-    The file is replaced atomically, so an interrupted write never leaves it truncated. NaN (e.g. AP of a category
-    with no ground truth) is written as null, keeping the file valid JSON.
+    The read-merge-write holds an exclusive lock on `<path>.lock`; the file is replaced atomically, so an interrupted
+    write never leaves it truncated. NaN (e.g. AP of a category with no ground truth) is written as null, keeping the
+    file valid JSON. Raises ResultsFileError (nothing written) when the existing file is not a JSON object.
     """
-    merged: dict = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            try:
-                merged = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} exists but is not valid JSON ({e}); move it away to write new results") from e
-    merged.update({name: _finite_or_none(value) for name, value in results.items()})
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-        tmp_path = f.name
-    os.replace(tmp_path, path)
+    with _locked(path + ".lock"):
+        merged = _read(path)
+        merged.update({str(name): _finite_or_none(value) for name, value in results.items()})
+        temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(temporary, "x") as f:
+                json.dump(merged, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
     return merged
+
+
+def _read(path: str) -> dict:
+    """The JSON object at `path` ({} when absent); ResultsFileError when it cannot be merged into."""
+    if os.path.isdir(path):
+        raise ResultsFileError(f"results file {path} is a directory; set TEST.RESULTS_FILE to a file name")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsFileError(f"results file {path} is not valid JSON ({e}); move it away to write new results") from e
+    if not isinstance(content, dict):
+        raise ResultsFileError(
+            f"results file {path} holds a JSON {type(content).__name__}, not an object of datasets; move it away"
+        )
+    return content
+
+
+@contextlib.contextmanager
+def _locked(lock_path: str) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl.flock) on `lock_path`, held for the block; released when the process dies."""
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def _finite_or_none(value):
