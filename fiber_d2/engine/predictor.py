@@ -10,13 +10,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from torchvision.ops import nms
 
+from ..checkpoint.checkpointer import FiberCheckpointer
 from ..data.image_io import ImageError, check_image_array
 from ..data.phrases import find_phrases
 from ..data.positive_map import PromptError
@@ -76,7 +76,7 @@ class FiberPredictor:
             raise ValueError(f"FiberPredictor needs a FIBER grounding detector (MODEL.META_ARCHITECTURE "
                              f"FiberGroundingDetector); the config builds {built}")
         self.model.eval()
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        FiberCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)  # no pickled code runs; wrong weights fail
         self.tokenizer = load_tokenizer(cfg.MODEL.FIBER.TOKENIZER)
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
