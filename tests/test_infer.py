@@ -61,6 +61,7 @@ def setup(tokenizer_dir, tmp_path_factory):  # noqa: F811
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(images / name)
     (images / CORRUPT).write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
     (images / "notes.txt").write_text("not an image")
+    (images / "sub" / "gt.json").write_text(json.dumps({"images": [{"id": 7, "file_name": "a.png"}]}))
     return {"config": str(config), "images": images}
 
 
@@ -137,8 +138,10 @@ def test_folder_gives_coco_detections_and_skips_the_corrupt_image(setup, full_ru
     assert {d["image_id"] for d in detections} == {0, 1, 2}
     assert len(warnings) == 1 and file_names[3] in warnings[0] and "corrupt" in warnings[0]
     assert f"3 images, {len(detections)} detections" in summary and "unreadable files skipped: 1" in summary
-    skipped = json.loads(Path(str(output) + ".skipped.json").read_text())
-    assert skipped == [{"image_id": 3, "file_name": file_names[3], "reason": skipped[0]["reason"]}]
+    report = json.loads(Path(str(output) + ".skipped.json").read_text())
+    assert report["skipped"] == [{"image_id": 3, "file_name": file_names[3],
+                                  "reason": "not an image format PIL can read (corrupt or unknown)"}]
+    assert report["run"]["confidence_threshold"] == threshold and report["run"]["num_images"] == 4
     assert not os.path.exists(str(output) + ".partial.jsonl")
 
 
@@ -193,13 +196,18 @@ def test_a_stopped_run_resumes_without_recomputing_finished_images(setup, full_r
     assert "resuming: 1 of 4 images done" in capsys.readouterr().err
     assert not side.exists()
     assert_same_detections(json.loads(output.read_text()), full_run[1])
-    skipped = json.loads(Path(str(output) + ".skipped.json").read_text())
+    skipped = json.loads(Path(str(output) + ".skipped.json").read_text())["skipped"]
     assert [entry["file_name"] for entry in skipped] == [os.path.normpath(str(setup["images"] / CORRUPT))]
 
-    with pytest.raises(SystemExit):
-        run_infer(setup, output, *args)
-    assert "exists; pass --overwrite" in capsys.readouterr().err
     seen.clear()
+    finished = output.read_bytes()
+    assert run_infer(setup, output, *args) == 0  # the same finished command again: nothing to do
+    assert seen == [] and output.read_bytes() == finished
+    assert f"{output} is already done by this command; nothing to do" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_infer(setup, output, *args[:-1], "0.5")
+    assert "exists from a different run (different confidence threshold); pass --overwrite" in \
+        capsys.readouterr().err
     assert run_infer(setup, output, *args, "--overwrite") == 0
     assert len(seen) == 3
     assert_same_detections(json.loads(output.read_text()), full_run[1])
@@ -255,22 +263,103 @@ def test_vocabulary_json_file(tmp_path):
     assert prompt.names == ["red circle", "blue star"] and prompt.category_ids == [1, 2]
 
 
-def test_side_file_keeps_its_finished_lines_and_refuses_damage(tmp_path):
+def test_side_file_keeps_its_good_lines_and_reports_damaged_ones(tmp_path, monkeypatch):
+    warnings: list[str] = []
+    monkeypatch.setattr(infer.tqdm, "write", lambda message, file=None: warnings.append(message))
     header = {infer.HEADER_KEY: 1, "config_sha256": "c", "inputs_sha256": "i", "vocabulary_sha256": "v",
               "confidence_threshold": 0.05, "num_images": 2}
+    images = {0: "a.png", 1: "b.png"}
     first = {"image_id": 0, "file_name": "a.png", "detections": []}
+    second = {"image_id": 1, "file_name": "b.png", "detections": [
+        {"image_id": 1, "file_name": "b.png", "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5,
+         "category_name": "blue star"}]}
     side = tmp_path / "out.json.partial.jsonl"
-    side.write_text(f"{json.dumps(header)}\n{json.dumps(first)}\n{json.dumps(first)[:20]}")  # stopped mid-line
-    assert infer.load_side_file(str(side), header, ["a.png", "b.png"]) == {0: first}
-    side.write_text(f"{json.dumps(header)}\n{json.dumps(first)[:20]}\n{json.dumps(first)}\n")
-    with pytest.raises(infer.RunConflict, match="damaged at line 2"):
-        infer.load_side_file(str(side), header, ["a.png", "b.png"])
-    side.write_text(f"{json.dumps(header)}\n{json.dumps(first)}\n")
-    with pytest.raises(infer.RunConflict, match="line 2 names an image that is not among the inputs"):
-        infer.load_side_file(str(side), header, ["b.png", "a.png"])
-    side.write_text("[]\n")
+    side.write_text(f"{json.dumps(header)}\n{json.dumps(first)}\n{json.dumps(second)}\n{json.dumps(first)[:20]}")
+    assert infer.load_side_file(str(side), header, images) == {0: first, 1: second}  # the cut last line: dropped
+    assert warnings == []
+
+    lines = [json.dumps(header), json.dumps(first)[:20], json.dumps([first]), json.dumps({"image_id": 1,
+             "file_name": "b.png"}), json.dumps({**first, "file_name": "c.png"})]
+    side.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe{\n" + json.dumps(second).encode() + b"\n")
+    assert infer.load_side_file(str(side), header, images) == {1: second}
+    assert warnings == [f"{infer.PROG}: warning: {side} line {number}: {problem}; that image is computed again"
+                        for number, problem in [(2, "not valid JSON"), (3, "a JSON list, not an image's record"),
+                                                (4, "has no valid 'detections' list"),
+                                                (5, "names an image that is not among the inputs"),
+                                                (6, "not UTF-8 text")]]
+    with pytest.raises(infer.RunConflict, match="from a different run \\(different confidence threshold\\)"):
+        infer.load_side_file(str(side), {**header, "confidence_threshold": 0.5}, images)
+    side.write_bytes(b"\xff[]\n")
     with pytest.raises(infer.RunConflict, match="not a side file of infer.py"):
-        infer.load_side_file(str(side), header, ["a.png"])
+        infer.load_side_file(str(side), header, images)
+
+
+def test_a_damaged_side_file_line_is_recomputed_by_the_rerun(setup, predictor, full_run, threshold, tmp_path,
+                                                             capsys):
+    output = tmp_path / "results.json"
+    paths = infer.expand_inputs([str(setup["images"])])
+    vocabulary = infer.build_vocabulary(PROMPT, None, ". ")
+    header = infer.run_header(predictor.cfg, dict(enumerate(paths)), vocabulary, threshold)
+    side = Path(str(output) + ".partial.jsonl")
+    side.write_text(f"{json.dumps(header)}\n{json.dumps({'image_id': 0, 'file_name': paths[0]})}\n")
+    assert run_infer(setup, output, "--input", str(setup["images"]), "--prompt", PROMPT, "--confidence-threshold",
+                     str(threshold)) == 0
+    assert f"{side} line 2: has no valid 'detections' list; that image is computed again" in capsys.readouterr().err
+    assert_same_detections(json.loads(output.read_text()), full_run[1])
+
+
+def test_coco_json_gives_the_image_ids(setup, full_run, threshold, tmp_path):
+    images = [{"id": 100 + i, "file_name": f"val/{name}", "height": h, "width": w}
+              for i, (name, (h, w)) in enumerate(IMAGES.items())]
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
+    output = tmp_path / "results.json"
+    inputs = [str(setup["images"] / name) for name in IMAGES]
+    assert run_infer(setup, output, "--input", *inputs, "--prompt", PROMPT, "--coco-json", str(gt),
+                     "--confidence-threshold", str(threshold)) == 0
+    detections = json.loads(output.read_text())
+    id_of = {os.path.normpath(str(setup["images"] / image["file_name"][4:])): image["id"] for image in images}
+    assert {d["image_id"] for d in detections} == {101, 100, 102} == set(id_of.values())
+    assert all(d["image_id"] == id_of[d["file_name"]] for d in detections)
+    by_index = {d["file_name"]: d["image_id"] for d in full_run[1]}
+    assert_same_detections([{**d, "image_id": by_index[d["file_name"]]} for d in detections], full_run[1])
+
+
+def test_written_files_are_0644_under_umask_022(setup, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        output = tmp_path / "results.json"
+        assert run_infer(setup, output, "--input", str(setup["images"] / "a.png"), "--prompt", PROMPT) == 0
+    finally:
+        os.umask(umask)
+    for path in (output, Path(str(output) + ".skipped.json")):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_when_every_input_is_unreadable_the_run_fails(setup, tmp_path, capsys):
+    output = tmp_path / "results.json"
+    corrupt = os.path.normpath(str(setup["images"] / CORRUPT))
+    assert run_infer(setup, output, "--input", corrupt, "--prompt", PROMPT) == 1
+    err = capsys.readouterr().err
+    assert f"{infer.PROG}: error: none of the 1 inputs could be read (listed in {output}.skipped.json); " \
+           f"{output} not written" in err
+    assert not output.exists() and not Path(str(output) + ".partial.jsonl").exists()
+    assert json.loads(Path(str(output) + ".skipped.json").read_text())["skipped"][0]["file_name"] == corrupt
+    assert run_infer(setup, output, "--input", corrupt, "--prompt", PROMPT) == 1  # tried again, not "done"
+
+
+def test_a_16_bit_grayscale_png_is_detected_as_its_8_bit_image(setup, tmp_path):
+    values = np.random.default_rng(5).integers(0, 65536, (48, 64), dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "gray16.png")
+    Image.fromarray((values >> 8).astype(np.uint8)).save(tmp_path / "gray8.png")
+    output = tmp_path / "results.json"
+    assert run_infer(setup, output, "--input", str(tmp_path / "gray16.png"), str(tmp_path / "gray8.png"),
+                     "--prompt", PROMPT, "--confidence-threshold", "0") == 0
+    detections = json.loads(output.read_text())
+    gray16, gray8 = ([{**d, "file_name": "", "image_id": 0} for d in detections if d["file_name"].endswith(name)]
+                     for name in ("gray16.png", "gray8.png"))
+    assert len(gray8) > 0
+    assert_same_detections(gray16, gray8)
 
 
 @pytest.mark.parametrize(
@@ -284,6 +373,10 @@ def test_side_file_keeps_its_finished_lines_and_refuses_damage(tmp_path):
         (["--input", "{images}", "--prompt", "a", "--batch-size", "0"], "--batch-size: expected a whole number"),
         (["--input", "{images}", "--prompt", "a", "--confidence-threshold", "2"], r"expected a number in \[0, 1\]"),
         (["--input", "{images}", "--prompt", "a", "--opts", "MODEL.NO_SUCH_KEY", "1"], "--opts: .*NO_SUCH_KEY"),
+        (["--input", "{images}", "--prompt", "a", "--coco-json", "{images}/no.json"],
+         r"annotation file not found: [^ ]*no\.json"),
+        (["--input", "{images}", "--prompt", "a", "--coco-json", "{images}/sub/gt.json"],
+         r"--coco-json '[^']*gt\.json' lists no image named 'B.JPG': input [^ ]*B.JPG \(and 2 more inputs\)$"),
     ],
 )
 def test_bad_arguments_are_reported_by_name(setup, tmp_path, capsys, args, message):
@@ -291,5 +384,5 @@ def test_bad_arguments_are_reported_by_name(setup, tmp_path, capsys, args, messa
         run_infer(setup, tmp_path / "out.json", *[arg.format(images=setup["images"]) for arg in args])
     assert error.value.code == 2
     err = capsys.readouterr().err
-    assert re.search(f"{infer.PROG}: error: .*{message}", err), err
+    assert re.search(f"{infer.PROG}: error: .*{message}", err, re.MULTILINE), err
     assert not (tmp_path / "out.json").exists()
