@@ -10,6 +10,12 @@ from detectron2.data.detection_utils import read_image as detectron2_read_image
 from PIL import Image
 from test_grounding_detector import micro_cfg, tokenizer_dir  # noqa: F401 (a fixture)
 
+from fiber_d2.data.build import (
+    build_grounding_test_loader,
+    build_grounding_train_loader,
+    build_vl_test_loader,
+    build_vl_train_loader,
+)
 from fiber_d2.data.grounding_mapper import GroundingDatasetMapper
 from fiber_d2.data.image_io import ImageError, check_image_array, check_image_files, read_image, read_record_image
 from fiber_d2.data.vl_mapper import VLDatasetMapper
@@ -167,3 +173,20 @@ def test_vl_mapper_names_bad_images_and_skips_them_in_training_only(mapper_cfg, 
         VLDatasetMapper(mapper_cfg, False, task="retrieval")(record)
     assert VLDatasetMapper(mapper_cfg, True)({**record, "file_name": str(images["root"] / "good.jpg")})["image"].shape \
         == (3, 32, 32)
+
+
+def test_loaders_check_the_image_files_when_built(mapper_cfg, images, register):
+    records = [{k: v for k, v in _record(images, name).items() if k != "source_dataset"} for name in
+               ("good.png", "missing.jpg")]
+    records[1]["image_id"] = 6
+    name = register(records, thing_classes=["red circle"])
+    mapper_cfg.DATASETS.TRAIN, mapper_cfg.DATALOADER.NUM_WORKERS = (name,), 0
+    missing = f"dataset {name!r}, file {images['root'] / 'missing.jpg'}, image_id 6: no such file"
+    with pytest.raises(ImageError, match=f"^{missing} \\(DATASETS.ON_BAD_RECORD skip drops such records\\)$"):
+        build_grounding_train_loader(mapper_cfg)
+    mapper_cfg.DATASETS.ON_BAD_RECORD = "skip"
+    assert len(build_grounding_train_loader(mapper_cfg).dataset) == 1
+    assert len(build_vl_train_loader(mapper_cfg, [name], 2).dataset) == 1
+    for build_test_loader in (build_grounding_test_loader, build_vl_test_loader):
+        with pytest.raises(ImageError, match=f"^{missing} "):  # evaluation never skips
+            build_test_loader(mapper_cfg, name)

@@ -9,6 +9,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 
 from .grounding_mapper import GroundingDatasetMapper
+from .image_io import check_image_files
 from .resumable_loader import ResumableTrainLoader
 from .vl_mapper import VLDatasetMapper
 
@@ -39,10 +40,11 @@ def load_grounding_dataset_dicts(names: Sequence[str], filter_empty: bool = Fals
 
 def build_grounding_train_loader(cfg: CfgNode) -> ResumableTrainLoader:
     """An infinite loader of training batches (lists of GroundingDatasetMapper outputs) over all DATASETS.TRAIN; its
-    position goes into checkpoints (ResumableTrainLoader)."""
+    position goes into checkpoints (ResumableTrainLoader). A missing or empty image file raises or is skipped now
+    (DATASETS.ON_BAD_RECORD), not when the sampler reaches it."""
     dataset = load_grounding_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     return ResumableTrainLoader(
-        dataset,
+        check_image_files(dataset, cfg.DATASETS.ON_BAD_RECORD),
         GroundingDatasetMapper(cfg, True),
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
@@ -51,9 +53,10 @@ def build_grounding_train_loader(cfg: CfgNode) -> ResumableTrainLoader:
 
 
 def build_grounding_test_loader(cfg: CfgNode, dataset_name: str):
-    """Detectron2's inference loader (batch 1, each record once across processes) for one dataset."""
+    """Detectron2's inference loader (batch 1, each record once across processes) for one dataset; a missing or
+    empty image file raises now."""
     return build_detection_test_loader(
-        load_grounding_dataset_dicts([dataset_name]),
+        check_image_files(load_grounding_dataset_dicts([dataset_name])),
         mapper=GroundingDatasetMapper(cfg, False, dataset_name=dataset_name),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
@@ -67,12 +70,12 @@ def build_vl_train_loader(
     answer_vocabulary: Sequence[str] | None = None,
 ):
     """An infinite loader of image-level training batches (lists of VLDatasetMapper outputs, images S x S); its
-    position goes into checkpoints (ResumableTrainLoader).
+    position goes into checkpoints (ResumableTrainLoader). Missing or empty image files: as the grounding loader.
 
     task: "pretrain", "vqa" (needs `answer_vocabulary`) or "caption".
     """
     return ResumableTrainLoader(
-        load_grounding_dataset_dicts(dataset_names),
+        check_image_files(load_grounding_dataset_dicts(dataset_names), cfg.DATASETS.ON_BAD_RECORD),
         VLDatasetMapper(cfg, True, task=task, answer_vocabulary=answer_vocabulary),
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=False,
@@ -83,9 +86,10 @@ def build_vl_train_loader(
 def build_vl_test_loader(
     cfg: CfgNode, dataset_name: str, task: str = "retrieval", answer_vocabulary: Sequence[str] | None = None
 ):
-    """Detectron2's inference loader (batch 1, each record once across processes) with VLDatasetMapper."""
+    """Detectron2's inference loader (batch 1, each record once across processes) with VLDatasetMapper; a missing or
+    empty image file raises now."""
     return build_detection_test_loader(
-        load_grounding_dataset_dicts([dataset_name]),
+        check_image_files(load_grounding_dataset_dicts([dataset_name])),
         mapper=VLDatasetMapper(cfg, False, task=task, answer_vocabulary=answer_vocabulary),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
