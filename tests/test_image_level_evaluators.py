@@ -230,8 +230,8 @@ CAPTION_REFERENCES = {1: ["a cat sat"], 2: ["a dog ran"]}
 
 
 def test_cider_d_identical_and_disjoint_candidates():
-    score, per_image = cider_d({1: "A cat, sat.", 2: "green tree"}, CAPTION_REFERENCES)
-    # Image 1, identical (after tokenisation): cosine 1 for n = 1, 2, 3 and 0 for n = 4 (no 4-gram), no length
+    score, per_image = cider_d({1: "a cat sat", 2: "green tree"}, CAPTION_REFERENCES)
+    # Image 1, identical: cosine 1 for n = 1, 2, 3 and 0 for n = 4 (no 4-gram), no length
     # penalty: 10 * (1 + 1 + 1 + 0) / 4 = 7.5. Image 2 shares no n-gram with "a dog ran": 0.
     assert per_image == {1: pytest.approx(7.5), 2: 0.0}
     assert score == pytest.approx(3.75)
@@ -242,6 +242,8 @@ def test_cider_d_identical_and_disjoint_candidates():
     assert cider_d({1: "a cat sat", 2: "x"}, {1: ["a cat sat"] * 2, 2: ["a dog ran"]})[1][1] == pytest.approx(7.5)
     # Only the evaluated images count: one image alone makes every idf log 1 - log 1 = 0.
     assert cider_d({1: "a cat sat"}, CAPTION_REFERENCES) == (0.0, {1: 0.0})
+    # The text is taken as tokenised: "sat." is not "sat" (CaptionEvaluator tokenises first).
+    assert cider_d({1: "a cat sat.", 2: "x"}, CAPTION_REFERENCES)[1][1] < 7.5
 
 
 def test_cider_d_length_penalty_hand_computed():
@@ -263,11 +265,12 @@ def test_caption_evaluator(register, tmp_path, monkeypatch):
     records = [{"file_name": f"{i}.jpg", "image_id": i, "captions": refs} for i, refs in CAPTION_REFERENCES.items()]
     name = register(records, evaluator_type="caption")
     evaluator = CaptionEvaluator(name, output_dir=str(tmp_path))
-    for image_id, caption in ((2, "green tree"), (1, "a cat sat"), (2, "green tree")):
+    # "A cat, sat." is "a cat sat" once PTB-tokenised: the identical caption of test_cider_d_... (7.5), and 0.
+    for image_id, caption in ((2, "green tree"), (1, "A cat, sat."), (2, "green tree")):
         evaluator.process([{"image_id": image_id}], [{"image_id": image_id, "caption": caption}])
     assert evaluator.evaluate() == {"caption": {"CIDEr": pytest.approx(3.75)}}
     assert json.loads((tmp_path / "caption_predictions.json").read_text()) == [
-        {"image_id": 1, "caption": "a cat sat"}, {"image_id": 2, "caption": "green tree"}]
+        {"image_id": 1, "caption": "A cat, sat."}, {"image_id": 2, "caption": "green tree"}]
     with pytest.raises(KeyError, match="image_id 5"):
         evaluator.process([{}], [{"image_id": 5, "caption": "x"}])
     # Rank 1 captioned image 2, rank 0 image 1 and image 2 again (padding): the same value.

@@ -1,8 +1,8 @@
-"""Image captioning: CIDEr-D, following coco-caption's `CiderD` scorer, over a dataset's reference captions.
+"""Image captioning: CIDEr-D as coco-caption computes it (`CiderD` after its PTB tokenizer), over a dataset's
+reference captions.
 
-Tokenisation is deliberately simple: lowercase, every ASCII punctuation character replaced by a space, split on
-whitespace. It is not coco-caption's Java PTB tokenizer (which, e.g., splits "man's" into "man 's"), so scores can
-differ slightly from the official ones.
+`CaptionEvaluator` tokenises candidates and references as coco-caption does (`ptb_tokenize`: "man's" -> "man 's",
+hyphenated words kept whole, punctuation dropped), then scores the tokens with `cider_d`.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import string
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
@@ -18,13 +17,13 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 
 from .distributed import gather_unique
+from .ptb_tokenizer import ptb_tokenize
 from .records import captions_by_image_id
 
 logger = logging.getLogger(__name__)
 
 MAX_N = 4
 CIDER_SIGMA = 6.0
-_PUNCTUATION_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
 
 NGram = tuple[str, ...]
 
@@ -32,9 +31,9 @@ NGram = tuple[str, ...]
 def cider_d(
     candidates: Mapping[Any, str], references: Mapping[Any, Sequence[str]], sigma: float = CIDER_SIGMA
 ) -> tuple[float, dict[Any, float]]:
-    """CIDEr-D of one candidate caption per image: `(corpus score, {image_id: score})`, the corpus score being the mean
-    of the per-image scores. Values are on coco-caption's native scale (10 x a mean cosine, a good COCO model scores
-    about 1.2); papers print them x100.
+    """CIDEr-D of one tokenised candidate caption per image (words separated by whitespace, e.g. `ptb_tokenize`'s
+    output): `(corpus score, {image_id: score})`, the corpus score being the mean of the per-image scores. Values are
+    on coco-caption's native scale (10 x a mean cosine, a good COCO model scores about 1.2); papers print them x100.
 
     Each image is scored against `references[image_id]` (every key of `candidates` needs one or more references).
     N-grams are n = 1..4; a sentence's vector for each n holds tf x idf, idf = log(#images evaluated) - log(max(1,
@@ -85,14 +84,15 @@ def _clipped_cosine(vector: dict[NGram, float], norm: float, ref_vector: dict[NG
 
 
 def _ngram_counts(caption: str) -> tuple[Counter, int]:
-    """The counts of the caption's n-grams (n = 1..MAX_N, as word tuples) and its number of words."""
-    words = caption.lower().translate(_PUNCTUATION_TO_SPACE).split()
+    """The counts of the tokenised caption's n-grams (n = 1..MAX_N, as word tuples) and its number of words."""
+    words = caption.split()
     counts = Counter(tuple(words[i : i + n]) for n in range(1, MAX_N + 1) for i in range(len(words) - n + 1))
     return counts, len(words)
 
 
 class CaptionEvaluator(DatasetEvaluator):
-    """CIDEr-D (`cider_d`, native scale) of generated captions against the `captions` of the dataset's records.
+    """CIDEr-D (`cider_d`, native scale) of generated captions against the `captions` of the dataset's records, both
+    tokenised by `ptb_tokenize` (references in dataset order, image by image; candidates in the same image order).
 
     `process()` takes outputs `{"image_id", "caption": str}`. `evaluate()` returns `{"caption": {"CIDEr": value}}`
     over the images captioned by any process (an image captioned twice counts once; the idf is over those images).
@@ -143,7 +143,12 @@ class CaptionEvaluator(DatasetEvaluator):
         for image_id in captions:
             if not references[image_id]:
                 raise ValueError(f"dataset {self._dataset_name!r}, image_id {image_id!r}: the record has no caption")
-        cider, _ = cider_d(captions, references)
+        image_ids = [image_id for image_id in references if image_id in captions]  # dataset order
+        tokenized = dict(zip(image_ids, ptb_tokenize([captions[image_id] for image_id in image_ids])))
+        tokenized_references = iter(ptb_tokenize([ref for image_id in image_ids for ref in references[image_id]]))
+        cider, _ = cider_d(
+            tokenized, {image_id: [next(tokenized_references) for _ in references[image_id]] for image_id in image_ids}
+        )
         logger.info("CaptionEvaluator on %r (%d images): CIDEr-D %.4f", self._dataset_name, len(captions), cider)
         return {"caption": {"CIDEr": cider}}
 
