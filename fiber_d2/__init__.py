@@ -1,12 +1,13 @@
-"""fiber_d2: FIBER (Fusion-In-the-Backbone transformER, Dou et al., NeurIPS 2022) for Detectron2."""
+"""fiber_d2: FIBER (Fusion-In-the-Backbone transformER, Dou et al., NeurIPS 2022) for Detectron2.
+
+`import fiber_d2` registers everything, as Detectron2's projects do: the models (META_ARCH_REGISTRY) and backbones
+(BACKBONE_REGISTRY), the datasets (DatasetCatalog/MetadataCatalog, under $DETECTRON2_DATASETS) and the data loaders
+of INPUT.DATASET_MAPPER_NAME. `add_fiber_config` adds fiber_d2's config keys; `FiberPredictor` is the prompt API.
+"""
+from . import data, modeling  # noqa: F401  (registration on import)
+from .config import add_fiber_config
+from .engine.predictor import FiberPredictor
+
 __version__ = "0.1.0"
 
-__all__ = ["FiberPredictor", "__version__"]
-
-
-def __getattr__(name: str):
-    if name == "FiberPredictor":  # `fiber_d2.FiberPredictor`, imported on first use (it pulls in torch and detectron2)
-        from .engine.predictor import FiberPredictor
-
-        return FiberPredictor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["FiberPredictor", "__version__", "add_fiber_config"]

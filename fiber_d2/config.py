@@ -1,6 +1,14 @@
-"""fiber_d2's additions to Detectron2's config. Every key has a default and a one-line comment."""
+"""fiber_d2's additions to Detectron2's config (every key has a default and a one-line comment), and
+`load_fiber_config`, which reads a config file and overrides with one-line errors for the command-line tools."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_fiber_config(cfg: CN) -> None:
@@ -14,6 +22,14 @@ def add_fiber_config(cfg: CN) -> None:
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # (regex, factor) pairs: a parameter whose name matches a regex (re.search; first match wins) gets lr x factor.
     cfg.SOLVER.LR_MULTIPLIERS = ()
+
+    # The data loaders and mapper of the model's inputs (fiber_d2/data/loaders.py): "grounding" (prompts;
+    # FiberGroundingDetector), "vl_pretrain" (image-text pairs; test sets as retrieval), "vl_vqa", "vl_caption"
+    # (image-level models), or "detectron2" (Detectron2's own loaders, for its own models).
+    cfg.INPUT.DATASET_MAPPER_NAME = "detectron2"
+    # COCO-format detection datasets to register, as (name, json_file, image_root) triples ("$DETECTRON2_DATASETS" is
+    # expanded); DATASETS.TRAIN / TEST may then name them (evaluator_type "coco").
+    cfg.DATASETS.REGISTER_COCO = ()
 
     # File under OUTPUT_DIR where evaluation writes {dataset_name: {task: {metric: value}}} (merged with earlier runs).
     cfg.TEST.RESULTS_FILE = "results.json"
@@ -224,3 +240,45 @@ def _add_coarse_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.CAPTION.BEAM_SIZE = 5
     # Captioning inference: the most tokens generated after <s>, </s> included (FIBER: 50).
     cfg.MODEL.FIBER.CAPTION.MAX_LENGTH = 50
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message is one line naming the file or the override."""
+
+
+def load_fiber_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's defaults + `add_fiber_config` + `config_file` + `opts` (KEY VALUE pairs), not frozen.
+
+    Raises ConfigError for a missing file (or _BASE_), broken YAML, a file that is not a mapping, an unknown key or a
+    type mismatch, in one line (entry points print it instead of a traceback).
+    """
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file!r} does not exist")
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config_file}: not valid YAML: {_one_line(e)}") from e
+    if not isinstance(content, dict):
+        raise ConfigError(f"{config_file}: must hold a mapping of config keys, not {type(content).__name__}")
+    try:
+        cfg.merge_from_file(config_file)
+    except yaml.YAMLError as e:  # in a _BASE_ file
+        raise ConfigError(f"{config_file}: not valid YAML: {_one_line(e)}") from e
+    except FileNotFoundError as e:  # a _BASE_ file
+        raise ConfigError(f"{config_file}: file not found: {e.filename}") from e
+    except KeyError as e:  # Detectron2: "Non-existent config key: X"
+        raise ConfigError(f"{config_file}: {_one_line(e.args[0] if e.args else e)}") from e
+    except (ValueError, AssertionError, TypeError, AttributeError) as e:  # type mismatch; a _BASE_ not a mapping
+        raise ConfigError(f"{config_file}: {_one_line(e)}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:  # unknown key, type mismatch, odd length
+        raise ConfigError(f"command-line override: {_one_line(e.args[0] if e.args else e)}") from e
+    return cfg
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())

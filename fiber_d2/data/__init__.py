@@ -8,6 +8,7 @@ from .build import (
     load_grounding_dataset_dicts,
 )
 from .grounding_mapper import GroundingDatasetMapper, swap_left_right
+from .loaders import build_test_loader, build_train_loader, register_loaders
 from .positive_map import PromptError, char_spans_to_token_map, encode_prompt
 from .prompts import (
     PromptChunk,
@@ -27,6 +28,8 @@ __all__ = [
     "build_answer_vocabulary",
     "build_grounding_test_loader",
     "build_grounding_train_loader",
+    "build_test_loader",
+    "build_train_loader",
     "build_vl_test_loader",
     "build_vl_train_loader",
     "char_spans_to_token_map",
@@ -36,6 +39,7 @@ __all__ = [
     "load_grounding_dataset_dicts",
     "load_tokenizer",
     "mask_tokens",
+    "register_loaders",
     "swap_left_right",
     "training_detection_prompt",
     "vocabulary_chunks",

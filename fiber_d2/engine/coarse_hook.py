@@ -120,6 +120,13 @@ class CoarseStageHook(HookBase):
     # ----- the hook -----
 
     def before_train(self) -> None:
+        if self.iter < self.max_iter and self.cfg.MODEL.WEIGHTS:  # e.g. a demo config reused to fine-tune
+            logger.warning(
+                "COARSE_STAGE.ENABLED: coarse iterations %d to %d will run %s the fine-tuning of MODEL.WEIGHTS %s; "
+                "pass COARSE_STAGE.ENABLED False to fine-tune only",
+                self.iter, self.max_iter, "before" if self.mode == "before" else "interleaved with",
+                self.cfg.MODEL.WEIGHTS,
+            )
         if self.mode != "before" or self.iter >= self.max_iter:
             return
         first = self.iter

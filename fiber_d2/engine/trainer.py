@@ -1,56 +1,24 @@
-"""Trainer: Detectron2's DefaultTrainer with fiber_d2's data loaders, evaluators, optimizers, results file and the
-coarse-stage hook (COARSE_STAGE.ENABLED). `projects/FIBER/train_net.py` is its command line."""
+"""Trainer: Detectron2's DefaultTrainer with fiber_d2's data loaders (by INPUT.DATASET_MAPPER_NAME), evaluators (by
+evaluator type), optimizers, results file and the coarse-stage hook (COARSE_STAGE.ENABLED).
+`projects/FIBER/train_net.py` is its command line; nothing here depends on the model's class."""
 from __future__ import annotations
 
 import os
 
+import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..data import (
-    VLDatasetMapper,
-    build_grounding_test_loader,
-    build_grounding_train_loader,
-    build_vl_test_loader,
-    build_vl_train_loader,
-)
+from ..data.loaders import build_test_loader, build_train_loader
 from ..evaluation import build_evaluator, save_results_json
-from ..evaluation.caption import CaptionEvaluator
-from ..evaluation.itm_scorer import DatasetItmScorer
-from ..modeling import FiberCaptionModel, FiberCoarseModel, FiberGroundingDetector, FiberVQAModel
 from ..solver import build_optimizer
 from .coarse_hook import CoarseStageHook
 
 
-def is_grounding_model(cfg: CfgNode) -> bool:
-    """Whether the model reads prompts (FIBER's grounding detector) rather than Detectron2's detection inputs."""
-    return cfg.MODEL.META_ARCHITECTURE == FiberGroundingDetector.__name__
-
-
-# The image-level models and the VLDatasetMapper task of their training data (test data: "retrieval" for the first).
-IMAGE_LEVEL_TASKS = {
-    FiberCoarseModel.__name__: "pretrain",
-    FiberVQAModel.__name__: "vqa",
-    FiberCaptionModel.__name__: "caption",
-}
-
-
-def image_level_task(cfg: CfgNode) -> str | None:
-    """The VLDatasetMapper task of an image-level model's training data; None for the detectors."""
-    return IMAGE_LEVEL_TASKS.get(cfg.MODEL.META_ARCHITECTURE)
-
-
-def answer_vocabulary(cfg: CfgNode) -> list[str] | None:
-    """The VQA model's answer classes (the loaders' targets must use the same list); None for the other models."""
-    if cfg.MODEL.META_ARCHITECTURE != FiberVQAModel.__name__:
-        return None
-    return FiberVQAModel.answer_vocabulary_from_config(cfg)
-
-
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with fiber_d2's data loaders (prompts; image-text pairs, questions, captions), evaluators,
-    optimizers, results file and the coarse-stage hook (COARSE_STAGE.ENABLED)."""
+    """DefaultTrainer with fiber_d2's loaders, evaluators, optimizers, results file and coarse-stage hook."""
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -59,44 +27,29 @@ class Trainer(DefaultTrainer):
         return hooks
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        if is_grounding_model(cfg):
-            return build_grounding_train_loader(cfg)
-        task = image_level_task(cfg)
-        if task:
-            return build_vl_train_loader(
-                cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH, task, answer_vocabulary(cfg)
-            )
-        return super().build_train_loader(cfg)
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_train_loader(cfg)
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
-        if is_grounding_model(cfg):
-            return build_grounding_test_loader(cfg, dataset_name)
-        task = image_level_task(cfg)
-        if task:
-            task = "retrieval" if task == "pretrain" else task
-            return build_vl_test_loader(cfg, dataset_name, task, answer_vocabulary(cfg))
-        return super().build_test_loader(cfg, dataset_name)
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_test_loader(cfg, dataset_name)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None, model=None):
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None, model: torch.nn.Module | None = None
+    ) -> DatasetEvaluator:
         """`model`: the model under test, for retrieval's ITM re-ranking (TEST.RETRIEVAL_ITM_TOP_K > 0)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        if cfg.MODEL.META_ARCHITECTURE == FiberCaptionModel.__name__:  # any image-caption set, whatever its type
-            return CaptionEvaluator(dataset_name, output_dir=output_folder)
-        model = getattr(model, "module", model)  # DistributedDataParallel
-        itm_scorer = None
-        if cfg.TEST.RETRIEVAL_ITM_TOP_K > 0 and isinstance(model, FiberCoarseModel):
-            itm_scorer = DatasetItmScorer(model, dataset_name, VLDatasetMapper(cfg, False, task="retrieval"))
-        return build_evaluator(cfg, dataset_name, output_folder, itm_scorer)
+        return build_evaluator(cfg, dataset_name, output_folder, model)
 
     @classmethod
-    def build_optimizer(cls, cfg, model):
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(cfg, model)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """DefaultTrainer.test (the evaluators get the model when retrieval re-ranks by ITM); the results are merged
+        into OUTPUT_DIR/TEST.RESULTS_FILE as {dataset_name: {task: {metric: value}}}."""
         if evaluators is None and cfg.TEST.RETRIEVAL_ITM_TOP_K > 0:
             evaluators = [cls.build_evaluator(cfg, name, model=model) for name in cfg.DATASETS.TEST]
         results = super().test(cfg, model, evaluators)

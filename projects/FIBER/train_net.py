@@ -1,34 +1,39 @@
 #!/usr/bin/env python
-"""Train and evaluate fiber_d2 models with Detectron2's DefaultTrainer.
+"""Train and evaluate fiber_d2 models with fiber_d2's Trainer (Detectron2's DefaultTrainer; fiber_d2/engine/trainer.py).
 
     python projects/FIBER/train_net.py --config-file configs/fiber_shapes/fiber_tiny_grounding.yaml
     python projects/FIBER/train_net.py --config-file C --eval-only MODEL.WEIGHTS output/model_final.pth
     python projects/FIBER/train_net.py --config-file C --num-gpus 2   # 2 processes: GPUs with NCCL, else CPU with gloo
 
+Your own COCO-format detection data, with no code (see projects/FIBER/configs/custom_coco.yaml):
+
+    python projects/FIBER/train_net.py --config-file C \
+        DATASETS.REGISTER_COCO "[['mine_train', 'train.json', 'images/'], ['mine_val', 'val.json', 'images/']]" \
+        DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)"
+
 Evaluation results go to the log, to TensorBoard/metrics.json, and to OUTPUT_DIR/results.json as
-{dataset_name: {task: {metric: value}}}.
+{dataset_name: {task: {metric: value}}}. A bad config, dataset or prompt ends in one line naming it.
 """
 import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from fiber_d2.config import add_fiber_config
+import fiber_d2  # noqa: F401  (registers fiber_d2's models and datasets)
+from fiber_d2.config import ConfigError, load_fiber_config
 from fiber_d2.data import PromptError
-from fiber_d2.data.datasets import DatasetFormatError  # importing the package registers the datasets
+from fiber_d2.data.datasets import DatasetFormatError
+from fiber_d2.data.datasets.from_config import register_datasets_from_config
 from fiber_d2.engine import launch
 from fiber_d2.engine.trainer import Trainer
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_fiber_config(args.config_file, args.opts)
     cfg.freeze()
+    register_datasets_from_config(cfg)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_d2")
     return cfg
@@ -49,6 +54,7 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
     try:
+        register_datasets_from_config(load_fiber_config(args.config_file, args.opts))  # fail here, before launching
         launch(
             main,
             args.num_gpus,
@@ -57,5 +63,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (FileNotFoundError, DatasetFormatError, PromptError) as e:  # bad data or paths: the message names them
+    except (ConfigError, FileNotFoundError, DatasetFormatError, PromptError) as e:  # the message names what is wrong
         sys.exit(f"train_net.py: error: {e}")

@@ -1,8 +1,11 @@
-"""Multi-head attention through `torch.nn.functional.scaled_dot_product_attention`, shared by every attention here."""
+"""Multi-head attention through `torch.nn.functional.scaled_dot_product_attention`, shared by every attention here,
+and FIBER's gated cross-attentions between the two encoders (ImageToTextAttention in the fused Swin blocks,
+TextToImageAttention in the fused text layers; see fusion.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -44,3 +47,61 @@ def multi_head_attention(
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, L] mask (1 = token, 0 = padding) -> [B, 1, 1, L] additive bias (0 or the dtype's most negative value)."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+class ImageToTextAttention(nn.Module):
+    """Image tokens (queries) attend to all text tokens; output scaled by the gate `alpha` (init 0).
+
+    dim: image channels of the stage; heads: the stage's head count; text_dim: text hidden size.
+    `with_query_norm` adds a LayerNorm on the queries (FIBER fine v3 and the coarse stage; absent in fine v2).
+    """
+
+    def __init__(self, dim: int, num_heads: int, text_dim: int, with_query_norm: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim) if with_query_norm else nn.Identity()
+        self.query = nn.Linear(dim, dim)
+        self.text_kv = nn.Linear(text_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, N, dim] image tokens; text: [B, T, text_dim]; text_bias: [B, 1, 1, T] additive padding bias.
+
+        Returns x + alpha * CrossAttn(x, text), [B, N, dim].
+        """
+        key, value = self.text_kv(text).chunk(2, dim=-1)
+        attended = multi_head_attention(self.query(self.norm(x)), key, value, self.num_heads, bias=text_bias)
+        return x + self.alpha * self.proj(attended)
+
+
+class TextToImageAttention(nn.Module):
+    """Text tokens (queries) attend to all image tokens of the paired stage; output scaled by `alpha` (init 0).
+
+    hidden: text hidden size; image_dim: channels of the paired image stage. No image mask (as in FIBER).
+    """
+
+    def __init__(self, hidden: int, num_heads: int, image_dim: int, attention_dropout: float, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(image_dim, hidden)
+        self.value = nn.Linear(image_dim, hidden)
+        self.dense = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, a: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """a: [B, T, hidden] (self-attention output before residual and LayerNorm); image: [B, N, image_dim].
+
+        Returns a + alpha * CrossAttn(a, image), [B, T, hidden].
+        """
+        attended = multi_head_attention(
+            self.query(a),
+            self.key(image),
+            self.value(image),
+            self.num_heads,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        return a + self.alpha * self.dropout(self.dense(attended))

@@ -6,6 +6,9 @@ added (image queries attend to every text token), and the text layer's self-atte
 are scalars initialised to 0, so a fresh model is exactly the two unimodal encoders. Both sides read the *other*
 stream's state from before the step (co-attention), then both are replaced.
 
+The gated cross-attentions are `attention.ImageToTextAttention` (in each fused Swin block) and
+`attention.TextToImageAttention` (in each fused text layer); `run_fused_layers` steps both encoders.
+
 Fusion modes per call (`FusionMode`):
   ON             both cross-attentions (the fused model: MLM, ITM, grounding);
   OFF            no cross input at all: two independent encoders (the dual encoder for ITC and retrieval);
@@ -16,16 +19,9 @@ Fusion modes per call (`FusionMode`):
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from .attention import multi_head_attention
-
-if TYPE_CHECKING:
-    from .swin import ImageState, SwinTransformer
-    from .text_encoder import RobertaTextEncoder, TextState
+from .swin import ImageState, SwinTransformer
+from .text_encoder import RobertaTextEncoder, TextState
 
 
 class FusionMode(str, enum.Enum):
@@ -36,65 +32,7 @@ class FusionMode(str, enum.Enum):
     TEXT_TO_IMAGE = "text_to_image"
 
 
-class ImageToTextAttention(nn.Module):
-    """Image tokens (queries) attend to all text tokens; output scaled by the gate `alpha` (init 0).
-
-    dim: image channels of the stage; heads: the stage's head count; text_dim: text hidden size.
-    `with_query_norm` adds a LayerNorm on the queries (FIBER fine v3 and the coarse stage; absent in fine v2).
-    """
-
-    def __init__(self, dim: int, num_heads: int, text_dim: int, with_query_norm: bool = False):
-        super().__init__()
-        self.num_heads = num_heads
-        self.norm = nn.LayerNorm(dim) if with_query_norm else nn.Identity()
-        self.query = nn.Linear(dim, dim)
-        self.text_kv = nn.Linear(text_dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.alpha = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None) -> torch.Tensor:
-        """x: [B, N, dim] image tokens; text: [B, T, text_dim]; text_bias: [B, 1, 1, T] additive padding bias.
-
-        Returns x + alpha * CrossAttn(x, text), [B, N, dim].
-        """
-        key, value = self.text_kv(text).chunk(2, dim=-1)
-        attended = multi_head_attention(self.query(self.norm(x)), key, value, self.num_heads, bias=text_bias)
-        return x + self.alpha * self.proj(attended)
-
-
-class TextToImageAttention(nn.Module):
-    """Text tokens (queries) attend to all image tokens of the paired stage; output scaled by `alpha` (init 0).
-
-    hidden: text hidden size; image_dim: channels of the paired image stage. No image mask (as in FIBER).
-    """
-
-    def __init__(self, hidden: int, num_heads: int, image_dim: int, attention_dropout: float, dropout: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.attention_dropout = attention_dropout
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(image_dim, hidden)
-        self.value = nn.Linear(image_dim, hidden)
-        self.dense = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.alpha = nn.Parameter(torch.zeros(1))
-
-    def forward(self, a: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """a: [B, T, hidden] (self-attention output before residual and LayerNorm); image: [B, N, image_dim].
-
-        Returns a + alpha * CrossAttn(a, image), [B, T, hidden].
-        """
-        attended = multi_head_attention(
-            self.query(a),
-            self.key(image),
-            self.value(image),
-            self.num_heads,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )
-        return a + self.alpha * self.dropout(self.dense(attended))
-
-
-def _match_batch(image_state: "ImageState", text_state: "TextState") -> "ImageState":
+def _match_batch(image_state: ImageState, text_state: TextState) -> ImageState:
     """Repeat a single image's state for a batch of prompts (many prompts, one image)."""
     image_batch, text_batch = image_state.tokens.shape[0], text_state.hidden.shape[0]
     if image_batch == text_batch:
@@ -105,13 +43,13 @@ def _match_batch(image_state: "ImageState", text_state: "TextState") -> "ImageSt
 
 
 def run_fused_layers(
-    image_encoder: "SwinTransformer",
-    text_encoder: "RobertaTextEncoder",
-    image_state: "ImageState",
-    text_state: "TextState",
+    image_encoder: SwinTransformer,
+    text_encoder: RobertaTextEncoder,
+    image_state: ImageState,
+    text_state: TextState,
     num_fused: int,
     mode: FusionMode,
-) -> tuple["ImageState", "TextState"]:
+) -> tuple[ImageState, TextState]:
     """Run the top `num_fused` image blocks and text layers in lock step; returns the final states.
 
     Inputs must stand right below the fused part (see FiberBackbone.encode_image_lower / encode_text_lower);

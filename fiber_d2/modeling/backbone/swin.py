@@ -2,7 +2,7 @@
 
 Parameter names follow the official Swin / FIBER layout (`layers.{stage}.blocks.{block}.attn.qkv`, the patch merging
 at the end of its stage as `layers.{stage}.downsample`), so official checkpoints map one to one. Blocks whose
-`i2t` is set are fused: `fusion.ImageToTextAttention` adds the gated image-to-text attention to the window
+`i2t` is set are fused: `attention.ImageToTextAttention` adds the gated image-to-text attention to the window
 self-attention output before the residual.
 
 The encoder is stepped through `ImageState`s so that a caller can run the text-independent lower blocks once and the
@@ -20,8 +20,7 @@ from timm.models.swin_transformer import get_relative_position_index, window_par
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import multi_head_attention
-from .fusion import ImageToTextAttention
+from .attention import ImageToTextAttention, multi_head_attention
 
 # Logit added between tokens of different regions in a shifted window (the official value).
 SHIFTED_WINDOW_MASK_VALUE = -100.0

@@ -18,8 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import RobertaConfig, RobertaModel
 
-from .attention import multi_head_attention, padding_bias
-from .fusion import TextToImageAttention
+from .attention import TextToImageAttention, multi_head_attention, padding_bias
 
 
 @dataclasses.dataclass(frozen=True)
