@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 
 from fiber_d2.config import add_fiber_config
 from fiber_d2.data.tokenizer import train_roberta_bpe_tokenizer
+from fiber_d2.data.vqa_vocabulary import answer_vocabulary_from_config
 from fiber_d2.model_zoo import get_config_file
 from fiber_d2.modeling import FiberCaptionModel, FiberCoarseModel, FiberVQAModel, FusionMode
 from fiber_d2.modeling.caption_model import caption_loss
@@ -136,7 +137,7 @@ def test_answer_vocabulary_from_a_file_or_the_training_set(tokenizer_dir, tmp_pa
     path = tmp_path / "answers.json"
     path.write_text(json.dumps(ANSWERS))
     cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY = str(path)
-    assert FiberVQAModel.answer_vocabulary_from_config(cfg) == ANSWERS
+    assert answer_vocabulary_from_config(cfg) == ANSWERS
     model = build_model(cfg)
     assert isinstance(model, FiberVQAModel) and model.answers == ANSWERS
     assert model.heads.vqa[-1].out_features == len(ANSWERS)
@@ -144,10 +145,10 @@ def test_answer_vocabulary_from_a_file_or_the_training_set(tokenizer_dir, tmp_pa
     for bad, message in (({"yes": 0}, "JSON list"), (["yes", "no", "yes"], "duplicate answers: \\['yes'\\]")):
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=message):
-            FiberVQAModel.answer_vocabulary_from_config(cfg)
+            answer_vocabulary_from_config(cfg)
     cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY = str(tmp_path / "missing.json")
     with pytest.raises(FileNotFoundError, match="missing.json"):
-        FiberVQAModel.answer_vocabulary_from_config(cfg)
+        answer_vocabulary_from_config(cfg)
 
     name = "test_vqa_vocabulary_records"
     records = [
@@ -158,12 +159,12 @@ def test_answer_vocabulary_from_a_file_or_the_training_set(tokenizer_dir, tmp_pa
     try:
         cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY = ""
         cfg.DATASETS.TRAIN = (name,)
-        assert FiberVQAModel.answer_vocabulary_from_config(cfg) == ["yes", "2", "no"]  # by count, then alphabetically
+        assert answer_vocabulary_from_config(cfg) == ["yes", "2", "no"]  # by count, then alphabetically
         cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT = 2
-        assert FiberVQAModel.answer_vocabulary_from_config(cfg) == ["yes"]
+        assert answer_vocabulary_from_config(cfg) == ["yes"]
         cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT = 3
         with pytest.raises(ValueError, match="no answer at least"):
-            FiberVQAModel.answer_vocabulary_from_config(cfg)
+            answer_vocabulary_from_config(cfg)
     finally:
         DatasetCatalog.remove(name)
 

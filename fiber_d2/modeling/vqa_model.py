@@ -8,14 +8,12 @@ pools them into `heads.joint` [B, 2D] and classifies with `heads.vqa` (MLP 2D ->
 Inference returns per question {"question_id", "answer": the string of the top class, "scores": [A] sigmoid
 probabilities}, as VQAEvaluator wants.
 
-The answer vocabulary (MODEL.FIBER.VQA.ANSWER_VOCABULARY, or built from DATASETS.TRAIN) is kept in `answers`; the data
-loaders must use the same list: `FiberVQAModel.answer_vocabulary_from_config(cfg)`.
+The answer vocabulary is kept in `answers`; the model and its data loaders take it from the config (MODEL.FIBER.VQA.
+ANSWER_VOCABULARY, or the answers of DATASETS.TRAIN) through `data.vqa_vocabulary.answer_vocabulary_from_config`.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Any, Sequence
 
 import torch
@@ -23,10 +21,7 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..data.build import load_grounding_dataset_dicts
-from ..data.tokenizer import resolve_path
-from ..data.vl_mapper import build_answer_vocabulary
-from ..data.vqa_answers import normalize_vqa_answer
+from ..data.vqa_vocabulary import answer_vocabulary_from_config
 from .backbone import FiberBackbone, FusionMode
 from .coarse_heads import CoarseHeads
 from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
@@ -41,30 +36,6 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             f"VQA logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be [batch, answers]"
         )
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * logits.shape[1]
-
-
-def load_answer_vocabulary(path: str) -> list[str]:
-    """A JSON file holding the list of answer strings in class order (e.g. FIBER's 3129 VQAv2 answers).
-
-    Entries must be unique non-empty strings. An entry that `normalize_vqa_answer` would change can never be a training
-    target (the mapper matches normalised human answers), which is logged as a warning.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"answer vocabulary {path!r} (MODEL.FIBER.VQA.ANSWER_VOCABULARY) does not exist")
-    with open(path, encoding="utf-8") as f:
-        answers = json.load(f)
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
-        raise ValueError(f"answer vocabulary {path!r} must hold a non-empty JSON list of non-empty answer strings")
-    if len(set(answers)) < len(answers):
-        duplicates = sorted({a for a in answers if answers.count(a) > 1})
-        raise ValueError(f"answer vocabulary {path!r} has duplicate answers: {duplicates[:10]}")
-    unnormalised = [a for a in answers if normalize_vqa_answer(a) != a]
-    if unnormalised:
-        logger.warning(
-            "%d answers of %s are not normalised (e.g. %r -> %r) and can never be training targets",
-            len(unnormalised), path, unnormalised[0], normalize_vqa_answer(unnormalised[0]),
-        )
-    return answers
 
 
 @META_ARCH_REGISTRY.register()
@@ -98,7 +69,7 @@ class FiberVQAModel(VLModel):
     def from_config(cls, cfg: CfgNode, answers: Sequence[str] | None = None) -> dict[str, Any]:
         """`answers`: the answer vocabulary (default: `answer_vocabulary_from_config(cfg)`)."""
         backbone = build_vl_backbone(cfg, cls.__name__)
-        answers = cls.answer_vocabulary_from_config(cfg) if answers is None else list(answers)
+        answers = answer_vocabulary_from_config(cfg) if answers is None else list(answers)
         return {
             "backbone": backbone,
             "heads": build_coarse_heads(cfg, backbone, num_answers=len(answers)),
@@ -107,25 +78,6 @@ class FiberVQAModel(VLModel):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "pad_token_id": backbone.text.model.config.pad_token_id,
         }
-
-    @staticmethod
-    def answer_vocabulary_from_config(cfg: CfgNode) -> list[str]:
-        """The answer classes: MODEL.FIBER.VQA.ANSWER_VOCABULARY (a JSON list), or, when that is "", the normalised
-        answers of DATASETS.TRAIN given at least INPUT.VL.VQA_MIN_ANSWER_COUNT times (`build_answer_vocabulary`)."""
-        path = cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY
-        if path:
-            return load_answer_vocabulary(resolve_path(path))
-        if not cfg.DATASETS.TRAIN:
-            raise ValueError("VQA needs an answer vocabulary: set MODEL.FIBER.VQA.ANSWER_VOCABULARY or DATASETS.TRAIN")
-        answers = build_answer_vocabulary(
-            load_grounding_dataset_dicts(cfg.DATASETS.TRAIN), cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT
-        )
-        if not answers:
-            raise ValueError(
-                f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} give no answer at least INPUT.VL.VQA_MIN_ANSWER_COUNT = "
-                f"{cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT} times"
-            )
-        return answers
 
     def answer_logits(self, batched_inputs: Sequence[dict]) -> torch.Tensor:
         """Each image with its question, fused -> answer logits [B, A]."""
@@ -147,7 +99,7 @@ class FiberVQAModel(VLModel):
         if targets.shape[1] != len(self.answers):
             raise ValueError(
                 f"'vqa_targets' cover {targets.shape[1]} answers but the model has {len(self.answers)}: build the data "
-                "loader with FiberVQAModel.answer_vocabulary_from_config(cfg)"
+                "loader with fiber_d2.data.vqa_vocabulary.answer_vocabulary_from_config(cfg)"
             )
         return {"loss_vqa": vqa_loss(self.answer_logits(batched_inputs), targets)}
 
