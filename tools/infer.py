@@ -34,12 +34,12 @@ import sys
 import tempfile
 from typing import Callable, Sequence, TextIO
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 from tqdm import tqdm
 
-from fiber_d2.config import add_fiber_config
+from fiber_d2.config import ConfigError, load_fiber_config
 from fiber_d2.data.datasets.errors import load_json, top_level_list
 from fiber_d2.data.image_io import ImageError, read_image
 from fiber_d2.data.positive_map import PromptError
@@ -319,15 +319,10 @@ def _warn(message: str) -> None:
 
 
 def setup_cfg(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CfgNode:
-    if not os.path.isfile(args.config_file):
-        parser.error(f"--config-file {args.config_file!r} does not exist")
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(args.config_file)
     try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        parser.error(f"--opts: {e}")
+        cfg = load_fiber_config(args.config_file, args.opts)
+    except ConfigError as e:
+        parser.error(str(e))
     cfg.freeze()
     return cfg
 

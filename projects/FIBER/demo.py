@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Draw a trained model's detections on images with Detectron2's Visualizer.
+"""Draw a FIBER grounding model's detections on images: the names of a prompt, or the phrases of a caption.
 
-    python projects/FIBER/demo.py --config-file C --input img1.jpg "images/*.jpg" --output out_dir \
-        [--prompt "red circle. blue star"] [--confidence-threshold 0.5] [--max-detections K] [--max-inputs N] \
+    python projects/FIBER/demo.py --config-file C --input img1.jpg "images/*.jpg" --output out_dir \\
+        [--prompt "red circle. blue star" | --caption "a red circle left of a blue star"] \\
+        [--confidence-threshold 0.5] [--max-detections K] [--max-inputs N] [--no-one-label-per-box] \\
         [--opts MODEL.WEIGHTS model_final.pth]
 
-Each input image is written to `out_dir` under its own file name with boxes, phrase (or class) names and scores
-drawn. A FIBER grounding model detects the phrases of `--prompt` (names separated by ". "); without it, the names
-of the first test dataset's categories. `--max-detections K` draws only the K highest-scoring detections above the
-threshold, for models whose scores are not yet calibrated (a short training run scores everything alike).
+Each input image is written to `out_dir` under its own file name with boxes, labels and scores drawn (labels kept
+inside the image). `--prompt`: names separated by ". "; `--caption`: a sentence whose phrases are found
+automatically and grounded (GLIP's demo); neither: the category names of the config's first test dataset. A model
+whose scores are not calibrated yet (a short training run) may score nothing above the threshold: the line printed
+for each image then gives its best score; lower `--confidence-threshold`, or draw the K best with `--max-detections`.
 """
 from __future__ import annotations
 
@@ -17,29 +19,29 @@ import glob
 import os
 import sys
 import time
+import warnings
 
-import cv2
-from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
-from detectron2.utils.visualizer import Visualizer
-
-import fiber_d2.data.datasets  # noqa: F401  (registers the datasets, for class names)
-from fiber_d2.config import add_fiber_config
-from fiber_d2.engine.predictor import FiberPredictor
+PROG = "demo.py"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=formatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", required=True, help="image files or glob patterns")
-    parser.add_argument("--output", required=True, help="directory for the visualised images")
-    parser.add_argument("--prompt", help='phrases to detect, separated by ". " (FIBER grounding models)')
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw detections scoring at least this")
-    parser.add_argument("--max-detections", type=int, default=None, help="draw at most the K highest-scoring detections")
-    parser.add_argument("--max-inputs", type=int, default=None, help="use only the first N inputs (sorted)")
+    parser.add_argument("--output", required=True, help="directory for the drawn images")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--prompt", help='names to detect, separated by ". " (default: the first test dataset\'s)')
+    what.add_argument("--caption", help="a sentence whose phrases to ground (found automatically)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T",
+                        help="draw detections scoring at least this (default: %(default)s)")
+    parser.add_argument("--max-detections", type=int, default=None, metavar="K",
+                        help="draw at most the K highest-scoring detections (default: all above the threshold)")
+    parser.add_argument("--one-label-per-box", action=argparse.BooleanOptionalAction, default=True,
+                        help="of boxes overlapping by more than MODEL.FIBER.HEAD.NMS_THRESH_TEST IoU, draw only the "
+                             "best, whatever its label (default: %(default)s)")
+    parser.add_argument("--max-inputs", type=int, default=None, metavar="N",
+                        help="use only the first N inputs, sorted (default: all)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -55,48 +57,81 @@ def expand_inputs(patterns: list[str], max_inputs: int | None = None) -> list[st
     return paths[:max_inputs] if max_inputs is not None else paths
 
 
+def summary(path: str, output: dict, drawn: int, threshold: float, seconds: float, out_path: str) -> str:
+    """The line printed for one image; when nothing is drawn, it names the best score and its label."""
+    line = f"{path}: {drawn} detections in {seconds:.2f} s -> {out_path}"
+    scores = output["instances"].scores
+    if drawn == 0 and len(scores):
+        best = int(scores.argmax())
+        line += (f" (none scores at least {threshold}; best {float(scores[best]):.3f}, "
+                 f"{output['text_labels'][best]!r})")
+    elif drawn == 0:
+        line += " (the model returned no detection)"
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    paths = expand_inputs(args.input, args.max_inputs)
+    # Imported after the arguments are parsed, so that --help and argument errors are instant. Warnings from the
+    # libraries' own calls (fvcore's torch.jit.script on import, Detectron2's torch.meshgrid) are nothing a user can
+    # act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+    import cv2
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.catalog import Metadata
+
+    from fiber_d2.config import load_fiber_config
+    from fiber_d2.data.image_io import ImageError, read_image
+    from fiber_d2.data.phrases import find_phrases
+    from fiber_d2.engine.predictor import FiberPredictor, split_prompt
+    from fiber_d2.engine.visualizer import LabelFittingVisualizer
+
+    cfg = load_fiber_config(args.config_file, args.opts)
     cfg.freeze()
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-    if cfg.MODEL.META_ARCHITECTURE == "FiberGroundingDetector":
-        prompt = args.prompt or metadata.get("thing_classes")
+    prompt = args.prompt
+    if args.caption is None and prompt is None:
+        dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+        prompt = MetadataCatalog.get(dataset).get("thing_classes", None) if dataset else None
         if not prompt:
-            raise ValueError("a FIBER grounding model needs --prompt (the first test dataset has no category names)")
-        fiber_predictor = FiberPredictor(cfg)
-        metadata = Metadata(name="prompt", thing_classes=list(fiber_predictor.prompt_names(prompt)))
-
-        def predictor(image):
-            return fiber_predictor(image, prompt)
-
+            raise ValueError("give --prompt or --caption (the config has no test dataset with category names)")
+        print(f"{PROG}: no --prompt: detecting the {len(prompt)} category names of {dataset}")
+    if prompt is not None:
+        split_prompt(prompt, cfg.MODEL.FIBER.PROMPT.SEPARATOR)  # an empty prompt fails here, before the model loads
     else:
-        if args.prompt:
-            raise ValueError(f"--prompt needs a FIBER grounding model; the config builds {cfg.MODEL.META_ARCHITECTURE}")
-        predictor = DefaultPredictor(cfg)
+        phrases = [args.caption[start:end] for ((start, end),) in find_phrases(args.caption)]
+        if not phrases:
+            raise ValueError(f"found no phrase to ground in --caption {args.caption!r}")
+        print(f"{PROG}: grounding the phrases {phrases}")
+    predictor = FiberPredictor(cfg)
+
+    def predict(image):
+        if args.caption is not None:
+            return predictor.ground(image, args.caption, one_label_per_box=args.one_label_per_box)
+        return predictor(image, prompt, one_label_per_box=args.one_label_per_box)
+
     os.makedirs(args.output, exist_ok=True)
-    for path in expand_inputs(args.input, args.max_inputs):
+    for path in paths:
         try:
             image = read_image(path, format="BGR")
-        except OSError as e:
-            print(f"skipping {path}: cannot read it as an image ({e})", file=sys.stderr)
+        except ImageError as e:
+            print(f"{PROG}: skipping {e}", file=sys.stderr)
             continue
         start = time.perf_counter()
-        instances = predictor(image)["instances"].to("cpu")
-        instances = instances[instances.scores >= args.confidence_threshold]
-        if args.max_detections is not None:
-            instances = instances[instances.scores.argsort(descending=True)[: args.max_detections]]
-        drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+        output = predict(image)
+        instances = output["instances"]
+        instances = instances[instances.scores >= args.confidence_threshold][: args.max_detections]
+        metadata = Metadata(name="prompt", thing_classes=output["label_names"])
+        drawn = LabelFittingVisualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
         out_path = os.path.join(args.output, os.path.basename(path))
         cv2.imwrite(out_path, drawn.get_image()[:, :, ::-1])
-        print(f"{path}: {len(instances)} detections in {time.perf_counter() - start:.2f} s -> {out_path}")
+        seconds = time.perf_counter() - start
+        print(summary(path, output, len(instances), args.confidence_threshold, seconds, out_path))
 
 
 if __name__ == "__main__":
     try:
         main()
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"demo.py: error: {e}")
+        sys.exit(f"{PROG}: error: {e}")
