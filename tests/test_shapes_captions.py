@@ -38,3 +38,20 @@ def test_load_colorshape_objects(tmp_path):
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(coco))
     assert load_colorshape_objects(str(path)) == {5: {("red", "circle"), ("blue", "star")}, 6: set()}
+
+
+def test_caption_evaluator_adds_the_shapes_scores(register, tmp_path):
+    from fiber_d2.evaluation import CaptionEvaluator
+
+    coco = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "red circle"}],
+            "annotations": [{"image_id": 1, "category_id": 1}]}
+    objects = tmp_path / "instances.json"
+    objects.write_text(json.dumps(coco))
+    records = [{"file_name": "1.jpg", "image_id": 1, "captions": ["a red circle ."]},
+               {"file_name": "2.jpg", "image_id": 2, "captions": ["a blue star ."]}]
+    evaluator = CaptionEvaluator(register(records, evaluator_type="retrieval", colorshape_json=str(objects)))
+    for image_id in (1, 2):  # image 2 has no red circle
+        evaluator.process([{}], [{"image_id": image_id, "caption": "a red circle ."}])
+    metrics = evaluator.evaluate()["caption"]
+    assert metrics["pairs_all_present"] == 50.0 and metrics["pair_precision"] == 50.0
+    assert metrics["names_no_pair"] == 0.0 and metrics["CIDEr"] > 0

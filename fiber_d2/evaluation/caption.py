@@ -13,12 +13,14 @@ import os
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 
 from .distributed import gather_unique
 from .ptb_tokenizer import ptb_tokenize
 from .records import captions_by_image_id
+from .shapes_captions import load_colorshape_objects, shapes_caption_scores
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ class CaptionEvaluator(DatasetEvaluator):
     `process()` takes outputs `{"image_id", "caption": str}`. `evaluate()` returns `{"caption": {"CIDEr": value}}`
     over the images captioned by any process (an image captioned twice counts once; the idf is over those images).
     With `output_dir`, the captions go to `caption_predictions.json` as COCO results `[{"image_id", "caption"}]`.
+    When the dataset's metadata names a FIBER-Shapes `colorshape_json`, the metrics also hold `shapes_caption_scores`
+    (the share of captions that name only colour-shape pairs present in the image).
     """
 
     predictions_file = "caption_predictions.json"
@@ -150,7 +154,11 @@ class CaptionEvaluator(DatasetEvaluator):
             tokenized, {image_id: [next(tokenized_references) for _ in references[image_id]] for image_id in image_ids}
         )
         logger.info("CaptionEvaluator on %r (%d images): CIDEr-D %.4f", self._dataset_name, len(captions), cider)
-        return {"caption": {"CIDEr": cider}}
+        metrics = {"CIDEr": cider}
+        colorshape_json = MetadataCatalog.get(self._dataset_name).get("colorshape_json", None)
+        if colorshape_json:  # FIBER-Shapes: do the captions name only objects that are in the image?
+            metrics.update(shapes_caption_scores(captions, load_colorshape_objects(colorshape_json)))
+        return {"caption": metrics}
 
     def _reference_captions(self) -> dict[Any, list[str]]:
         if self._references is None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import os
 
+from detectron2.data import MetadataCatalog
+
 from .detection import coco_category_metadata, register_coco_detection
 from .errors import DatasetFormatError, check_on_bad_record
 from .flickr30k_entities import register_flickr30k_entities
@@ -81,6 +83,8 @@ def register_fiber_shapes(root: str, prefix: str = "fiber_shapes", on_bad_record
 
         name = f"{prefix}_pairs_{split}"
         register_karpathy_json(name, os.path.join(annotations, "dataset_fiber_shapes.json"), root, (split,))
+        # The objects of each image, for CaptionEvaluator's check that captions name only objects present.
+        MetadataCatalog.get(name).set(colorshape_json=os.path.join(annotations, f"instances_colorshape_{split}.json"))
         names.append(name)
         name = f"{prefix}_vqa_{split}"
         register_vqa(
