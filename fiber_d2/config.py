@@ -99,7 +99,8 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.TEXT.MAX_POSITIONS = 514
     # Dropout of the text encoder (hidden states and attention probabilities).
     cfg.MODEL.FIBER.TEXT.DROPOUT = 0.1
-    # Leave out the last text layer's output LayerNorm (FIBER's coarse-stage quirk).
+    # Leave out the last text layer's output LayerNorm in fused passes (fusion "on": ITM, MLM, VQA), as FIBER's coarse
+    # stage does in its fused loop; the unfused text path (ITC) and the caption decoder keep it, as FIBER's do.
     cfg.MODEL.FIBER.TEXT.SKIP_FINAL_NORM = False
 
     cfg.MODEL.FIBER.FUSION = CN()

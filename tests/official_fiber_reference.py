@@ -1,11 +1,13 @@
-"""An independent, functional reference of the official FIBER fine-stage backbone forward, for tests.
+"""An independent, functional reference of the official FIBER forwards, for tests. It shares no code with fiber_d2.
 
-It reads an official-layout state dict (`fusion_backbone.backbone.body.*`, `fusion_backbone.language_backbone.body.
-model.*`) directly and follows the official computation step by step, written from microsoft/FIBER's
-fusion_swin_transformer_v2/_v3.py and roberta_fused_model_v2.py: explicit softmax attention, the shifted-window
-mask value -100, image-to-text attention inside each window with the text keys repeated per window, the text
-cross-attention between the self-attention output projection and its LayerNorm, and the parallel update of both
-streams in the fused steps. It shares no code with fiber_d2.
+It reads official-layout state dicts directly and follows the official computation step by step: explicit softmax
+attention, the shifted-window mask value -100, image-to-text attention inside each window with the text keys repeated
+per window, the text cross-attention between the self-attention output projection and its LayerNorm, and the
+parallel update of both streams in the fused steps.
+  fine stage (`fusion_backbone.backbone.body.*`, `fusion_backbone.language_backbone.body.model.*`): written from
+      microsoft/FIBER's fine_grained fusion_swin_transformer_v2/_v3.py and roberta_fused_model_v2.py;
+  coarse stage (`vit_model.*`, `text_transformer.*` and the heads): written from coarse_grained/fiber/modules/
+      fiber_module.py (`infer`), objectives.py, heads.py, swin_transformer.py and roberta.py.
 """
 from __future__ import annotations
 
@@ -109,15 +111,15 @@ def _patch_merging(sd, prefix, x, size):
     return _linear(sd, prefix + "reduction", _layer_norm(sd, prefix + "norm", x, 1e-5))
 
 
-def _text_embed(sd, ids, pad_id, eps):
+def _text_embed(sd, prefix, ids, pad_id, eps):
     real = (ids != pad_id).long()
     positions = torch.cumsum(real, 1) * real + pad_id
     embedded = (
-        sd[TEXT + "embeddings.word_embeddings.weight"][ids]
-        + sd[TEXT + "embeddings.position_embeddings.weight"][positions]
-        + sd[TEXT + "embeddings.token_type_embeddings.weight"][0]
+        sd[prefix + "embeddings.word_embeddings.weight"][ids]
+        + sd[prefix + "embeddings.position_embeddings.weight"][positions]
+        + sd[prefix + "embeddings.token_type_embeddings.weight"][0]
     )
-    return _layer_norm(sd, TEXT + "embeddings.LayerNorm", embedded, eps)
+    return _layer_norm(sd, prefix + "embeddings.LayerNorm", embedded, eps)
 
 
 def _heads(x, heads):
@@ -134,8 +136,9 @@ def _attend(q, k, v, heads, mask=None):
     return out.transpose(1, 2).reshape(q.shape[0], -1, q.shape[1] * q.shape[-1])
 
 
-def _text_layer(sd, index, hidden, mask, heads, image, eps):
-    prefix = f"{TEXT}encoder.layer.{index}."
+def _text_layer(sd, text_prefix, index, hidden, mask, heads, image, eps, last_norm=True):
+    """One RoBERTa layer; `last_norm=False` leaves out its output LayerNorm (the coarse fused loop's last layer)."""
+    prefix = f"{text_prefix}encoder.layer.{index}."
     attended = _attend(
         _linear(sd, prefix + "attention.self.query", hidden),
         _linear(sd, prefix + "attention.self.key", hidden),
@@ -155,7 +158,8 @@ def _text_layer(sd, index, hidden, mask, heads, image, eps):
         a = sd[prefix + "alpha_t2i"] * _linear(sd, cross + "output.dense", c) + a
     hidden = _layer_norm(sd, prefix + "attention.output.LayerNorm", a + hidden, eps)
     inner = F.gelu(_linear(sd, prefix + "intermediate.dense", hidden))
-    return _layer_norm(sd, prefix + "output.LayerNorm", _linear(sd, prefix + "output.dense", inner) + hidden, eps)
+    out = _linear(sd, prefix + "output.dense", inner) + hidden
+    return _layer_norm(sd, prefix + "output.LayerNorm", out, eps) if last_norm else out
 
 
 @torch.no_grad()
@@ -172,10 +176,10 @@ def official_fine_backbone_forward(
     size = tuple(x.shape[2:])
     x = _layer_norm(sd, BODY + "patch_embed.norm", x.flatten(2).transpose(1, 2), 1e-5)
     text_mask = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-    text = _text_embed(sd, input_ids, pad_id, text_eps)
+    text = _text_embed(sd, TEXT, input_ids, pad_id, text_eps)
     first_fused_layer = text_layers - num_fused
     for index in range(first_fused_layer):
-        text = _text_layer(sd, index, text, text_mask, text_heads, None, text_eps)
+        text = _text_layer(sd, TEXT, index, text, text_mask, text_heads, None, text_eps)
     first_fused_block = sum(depths) - num_fused
     outputs, block_index = {}, 0
     for stage, depth in enumerate(depths):
@@ -188,7 +192,7 @@ def official_fine_backbone_forward(
                 new_x = _swin_block(
                     sd, prefix, x, size, heads[stage], window, block % 2 == 1, text, text_mask, query_norm
                 )
-                text = _text_layer(sd, first_fused_layer + step, text, text_mask, text_heads, x, text_eps)
+                text = _text_layer(sd, TEXT, first_fused_layer + step, text, text_mask, text_heads, x, text_eps)
                 x = new_x
             block_index += 1
         norm = f"{BODY}norm{stage}"
@@ -199,3 +203,108 @@ def official_fine_backbone_forward(
             x = _patch_merging(sd, f"{BODY}layers.{stage}.downsample.", x, size)
             size = (size[0] // 2, size[1] // 2)
     return outputs, text
+
+
+# ----- coarse stage -----
+
+VIT = "vit_model."
+ROBERTA = "text_transformer."
+MLM_EPS = 1e-12  # heads.MLMHead: BertPredictionHeadTransform on a RobertaConfig left at its default layer_norm_eps
+
+
+def _coarse_swin_block(sd, stage, block, x, size, heads, window, text=None, text_mask=None):
+    """timm's classification Swin as the coarse stage builds it: a grid that fits in one window is one unshifted
+    window of the grid's side; image-to-text queries have their LayerNorm (norm_i2t_i)."""
+    fits = min(size) <= window
+    return _swin_block(
+        sd, f"{VIT}layers.{stage}.blocks.{block}.", x, size, heads, min(size) if fits else window,
+        block % 2 == 1 and not fits, text, text_mask, query_norm=True,
+    )
+
+
+def _pool(sd, name, x):
+    return torch.tanh(_linear(sd, name + ".dense", x))
+
+
+@torch.no_grad()
+def official_coarse_forward(
+    sd, images, input_ids, attention_mask, *, depths, heads, window, text_layers, text_heads, num_fused,
+    pad_id=1, text_eps=1e-5,
+):
+    """FIBERTransformerSS in eval mode on an official coarse state dict (Lightning `state_dict`, no `module.`).
+
+    images [B, 3, S, S] (S/4 divisible by the window, or each grid fitting in one); input_ids, attention_mask [B, T].
+    Returns {
+      "itc_image" [B, D], "itc_text" [B, D]: `infer(image_only=True)` / `infer(text_only=True)`: every block or layer
+          unfused, the image after Swin's final `norm`, the text after every layer's output LayerNorm; the `_itc`
+          projections and poolers (image: the mean token), L2-normalised;
+      "text_feats" [B, T, D], "cls_feats" [B, 2D]: the fused `infer`: the top `num_fused` blocks and layers in lock
+          step, the last text layer without its output LayerNorm, the image tokens with no final `norm`, then
+          cross_modal_{text,image}_transform and the poolers (text token 0, image mean) concatenated text first;
+      "itm_logits" [B, 2] (itm_score on cls_feats), "mlm_logits" [B, T, V] (mlm_score on text_feats: dense, GELU,
+          LayerNorm eps 1e-12, decoder + bias), and "vqa_logits" [B, A] when the state dict has vqa_classifier
+          (Linear, LayerNorm eps 1e-5, GELU, Linear on cls_feats)
+    }.
+    """
+    x = F.conv2d(images, sd[VIT + "patch_embed.proj.weight"], sd[VIT + "patch_embed.proj.bias"], stride=4)
+    size = tuple(x.shape[2:])
+    patches = _layer_norm(sd, VIT + "patch_embed.norm", x.flatten(2).transpose(1, 2), 1e-5)
+    text_mask = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    embedded = _text_embed(sd, ROBERTA, input_ids, pad_id, text_eps)
+
+    # image_only / text_only: the dual encoder
+    x, grid = patches, size
+    for stage, depth in enumerate(depths):
+        for block in range(depth):
+            x = _coarse_swin_block(sd, stage, block, x, grid, heads[stage], window)
+        if stage < len(depths) - 1:
+            x = _patch_merging(sd, f"{VIT}layers.{stage}.downsample.", x, grid)
+            grid = (grid[0] // 2, grid[1] // 2)
+    image = _linear(sd, "cross_modal_image_transform_itc", _layer_norm(sd, VIT + "norm", x, 1e-5))
+    itc_image = F.normalize(_pool(sd, "cross_modal_image_pooler_itc", image.mean(1)), dim=-1)
+    text = embedded
+    for index in range(text_layers):
+        text = _text_layer(sd, ROBERTA, index, text, text_mask, text_heads, None, text_eps)
+    text = _linear(sd, "cross_modal_text_transform_itc", text)
+    itc_text = F.normalize(_pool(sd, "cross_modal_text_pooler_itc", text[:, 0]), dim=-1)
+
+    # fused
+    x, grid, text = patches, size, embedded
+    first_fused_layer = text_layers - num_fused
+    for index in range(first_fused_layer):
+        text = _text_layer(sd, ROBERTA, index, text, text_mask, text_heads, None, text_eps)
+    first_fused_block, block_index = sum(depths) - num_fused, 0
+    for stage, depth in enumerate(depths):
+        for block in range(depth):
+            step = block_index - first_fused_block
+            if step < 0:
+                x = _coarse_swin_block(sd, stage, block, x, grid, heads[stage], window)
+            else:  # both streams read the other's state from before this step
+                new_x = _coarse_swin_block(sd, stage, block, x, grid, heads[stage], window, text, text_mask)
+                index = first_fused_layer + step
+                text = _text_layer(
+                    sd, ROBERTA, index, text, text_mask, text_heads, x, text_eps, last_norm=index < text_layers - 1
+                )
+                x = new_x
+            block_index += 1
+        if stage < len(depths) - 1:
+            x = _patch_merging(sd, f"{VIT}layers.{stage}.downsample.", x, grid)
+            grid = (grid[0] // 2, grid[1] // 2)
+    text_feats = _linear(sd, "cross_modal_text_transform", text)
+    image_feats = _linear(sd, "cross_modal_image_transform", x)
+    pooled_text = _pool(sd, "cross_modal_text_pooler", text_feats[:, 0])
+    cls_feats = torch.cat([pooled_text, _pool(sd, "cross_modal_image_pooler", image_feats.mean(1))], dim=-1)
+    transformed = F.gelu(_linear(sd, "mlm_score.transform.dense", text_feats))
+    transformed = _layer_norm(sd, "mlm_score.transform.LayerNorm", transformed, MLM_EPS)
+    out = {
+        "itc_image": itc_image,
+        "itc_text": itc_text,
+        "text_feats": text_feats,
+        "cls_feats": cls_feats,
+        "itm_logits": _linear(sd, "itm_score.fc", cls_feats),
+        "mlm_logits": F.linear(transformed, sd["mlm_score.decoder.weight"]) + sd["mlm_score.bias"],
+    }
+    if "vqa_classifier.0.weight" in sd:
+        hidden = _layer_norm(sd, "vqa_classifier.1", _linear(sd, "vqa_classifier.0", cls_feats), 1e-5)
+        out["vqa_logits"] = _linear(sd, "vqa_classifier.3", F.gelu(hidden))
+    return out

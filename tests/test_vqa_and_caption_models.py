@@ -233,7 +233,7 @@ def test_caption_model_loss_is_the_same_with_extra_padding(tokenizer_dir):
 
 def test_decoder_is_causal_and_is_the_backbones_text_to_image_mode(tokenizer_dir):
     torch.manual_seed(0)
-    model = caption_model(tokenizer_dir).eval()
+    model = caption_model(tokenizer_dir, **{"MODEL.FIBER.TEXT.SKIP_FINAL_NORM": True}).eval()
     open_gates(model)
     images = model.preprocess_images([{"image": image(0)}])
     ids = caption_ids(model.tokenizer, CAPTIONS[0])[None]
@@ -246,11 +246,18 @@ def test_decoder_is_causal_and_is_the_backbones_text_to_image_mode(tokenizer_dir
     assert not torch.allclose(logits[:, 4:], changed_logits[:, 4:], atol=1e-3)
 
     backbone = model.backbone
-    _, text = backbone.encode_upper(
-        backbone.encode_image_lower(images), backbone.encode_text_lower(ids, mask, causal=True),
-        FusionMode.TEXT_TO_IMAGE,
-    )
-    assert torch.allclose(logits, model.heads.mlm(text), atol=1e-5)
+    image_state, text_state = backbone.encode_image_lower(images), backbone.encode_text_lower(ids, mask, causal=True)
+    _, text = backbone.encode_upper(image_state, text_state, FusionMode.TEXT_TO_IMAGE)
+    # FIBER's caption head: the MLM head on the fused text projection (objectives.py, compute_caption_mle).
+    assert torch.allclose(logits, model.heads.mlm(model.heads.fused.text_transform(text)), atol=1e-5)
+    # The decoder keeps the last text LayerNorm (unit weight, zero bias at init: normalising again changes nothing)
+    # that fused passes skip (SKIP_FINAL_NORM), as FIBER's infer_caption does.
+    def renormalised(x):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:])
+
+    assert torch.allclose(text, renormalised(text), atol=1e-4)
+    _, fused_text = backbone.encode_upper(image_state, backbone.encode_text_lower(ids, mask), FusionMode.ON)
+    assert not torch.allclose(fused_text, renormalised(fused_text), atol=1e-2)
     other_image = model.encode_images(model.preprocess_images([{"image": image(1)}]))
     assert not torch.allclose(logits, model.decoder_logits(other_image, ids, mask), atol=1e-3)  # it reads the image
 

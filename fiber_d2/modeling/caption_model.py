@@ -4,7 +4,10 @@ META_ARCH_REGISTRY).
 The image runs with fusion off; the text stack is a causal decoder (`encode_text_lower(..., causal=True)`) whose fused
 layers cross-attend to the image as in FusionMode.TEXT_TO_IMAGE: each fused text layer reads the image tokens entering
 its paired Swin block. Those tokens do not depend on the text, so `encode_images` computes them once per image and
-every decoding step reuses them. Next-token logits come from the MLM head (`heads.mlm`).
+every decoding step reuses them. Next-token logits come from the MLM head on the fused text projection
+(`heads.mlm_logits`, as FIBER's objectives.py `compute_caption_mle`). The decoder is not a fused pass (FusionMode.ON),
+so its last layer keeps its output LayerNorm whatever MODEL.FIBER.TEXT.SKIP_FINAL_NORM says, as FIBER's
+`infer_caption`.
 
 Training (inputs from `VLDatasetMapper`, task "caption": `image` [3, S, S], `input_ids` [T] = <s> caption </s>):
   loss_caption  mean CE of next-token prediction over the real tokens (`caption_loss`).
@@ -104,9 +107,10 @@ class FiberCaptionModel(VLModel):
         )
         self.register_buffer("banned_tokens", torch.tensor(banned, dtype=torch.long), False)
         # Never read: the image-to-text attention, the last Swin block (no text layer reads its output), the stage
-        # output norms and the pooled heads.
-        image = backbone.image
-        unused = [heads.fused, heads.itc, heads.itm, heads.temperature, image.out_norms, image.layers[-1].blocks[-1]]
+        # output norms and the pooled heads (the fused text projection feeds the MLM head).
+        image, fused = backbone.image, heads.fused
+        unused = [fused.image_transform, fused.image_pooler, fused.text_pooler, heads.itc, heads.itm, heads.temperature]
+        unused += [image.out_norms, image.layers[-1].blocks[-1]]
         unused += [block.i2t for stage in image.layers for block in stage.blocks if block.i2t is not None]
         if heads.vqa is not None:
             unused.append(heads.vqa)
@@ -143,7 +147,7 @@ class FiberCaptionModel(VLModel):
         state = self.backbone.encode_text_lower(input_ids, attention_mask, causal=True)
         for tokens in image_tokens:
             state = self.backbone.text.step(state, image=tokens.expand(input_ids.shape[0], -1, -1))
-        return self.heads.mlm(state.hidden)
+        return self.heads.mlm_logits(state.hidden)
 
     def next_token_log_probs(self, image_tokens: Sequence[torch.Tensor], input_ids: torch.Tensor) -> torch.Tensor:
         """Prefixes [B, L] (padding only after a finished caption) -> log-probabilities [B, V] of the token after

@@ -1,7 +1,9 @@
 """The coarse stage's heads on FIBER's backbone (official coarse_grained/fiber/modules/fiber_module.py and
 heads.py; docs/FIBER_DETAILS.md): poolers, ITC projections, ITM, MLM, VQA.
 
-Image tokens are the last Swin stage's output [B, N, C]; text tokens the last RoBERTa layer's [B, T, D].
+Image tokens are the last Swin stage's tokens [B, N, C]; text tokens the last RoBERTa layer's [B, T, D]. As in FIBER
+(coarse_grained/fiber/modules/fiber_module.py, `infer`), the callers give the ITC side the image tokens after Swin's
+final LayerNorm (the image-only path) and the fused side the raw last-block tokens (the fused path has no final norm).
   fused features (after a fused pass): image Linear(C -> D), text Linear(D -> D); pooled by Linear(D -> D) + tanh of
       the mean image token and of text token 0 (<s>) (`text_pooling="first"`, FIBER; "mean": the mean of the real
       tokens, for text encoders trained from scratch, whose <s> output hardly depends on the other tokens at init);
@@ -9,7 +11,9 @@ Image tokens are the last Swin stage's output [B, N, C]; text tokens the last Ro
   ITC features (after an unfused pass): separate copies of those projections and poolers, L2-normalised [B, D];
       `itc_batch_norm` puts a non-affine batch norm (synchronised across processes) before the L2 norm. That is not in
       FIBER: it keeps a dual encoder trained from scratch from collapsing every embedding onto one vector.
-  MLM: Hugging Face's RobertaLMHead (dense, GELU, LayerNorm, decoder to the vocabulary) on the fused text tokens.
+  MLM: Hugging Face's RobertaLMHead (dense, GELU, LayerNorm eps 1e-12, decoder to the vocabulary) on the fused text
+      tokens after the fused text projection (FIBER's mlm_score reads cross_modal_text_transform's output,
+      objectives.py `compute_mlm`); captioning uses it the same way.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ class Pooler(nn.Module):
 
 
 TEXT_POOLING = ("first", "mean")
+# FIBER's MLM head is BertPredictionHeadTransform on a RobertaConfig left at its default eps (the text encoder's: 1e-5).
+MLM_LAYER_NORM_EPS = 1e-12
 
 
 class PooledFeatures(nn.Module):
@@ -83,7 +89,6 @@ class CoarseHeads(nn.Module):
         vocab_size: int,
         temperature: float = 0.07,
         num_answers: int = 0,
-        layer_norm_eps: float = 1e-5,
         text_pooling: str = "first",
         itc_batch_norm: bool = False,
     ) -> None:
@@ -95,7 +100,7 @@ class CoarseHeads(nn.Module):
         self.temperature = nn.Parameter(torch.tensor(float(temperature)))
         self.itm = nn.Linear(2 * text_dim, 2)
         self.mlm = RobertaLMHead(
-            RobertaConfig(hidden_size=text_dim, vocab_size=vocab_size, layer_norm_eps=layer_norm_eps)
+            RobertaConfig(hidden_size=text_dim, vocab_size=vocab_size, layer_norm_eps=MLM_LAYER_NORM_EPS)
         )
         self.mlm.bias = self.mlm.decoder.bias  # one output bias, as Hugging Face ties them when loading weights
         self.vqa = (
@@ -125,3 +130,8 @@ class CoarseHeads(nn.Module):
         """Fused tokens [B, N, C], [B, T, D] and the text mask [B, T] -> concat[pooled text, pooled image] [B, 2D]."""
         pooled_text = self.fused.pool_text(text_tokens, attention_mask)
         return torch.cat([pooled_text, self.fused.pool_image(image_tokens)], dim=-1)
+
+    def mlm_logits(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """Fused (or decoder) text tokens [B, T, D] -> vocabulary logits [B, T, V]: the MLM head on their fused
+        projection."""
+        return self.mlm(self.fused.text_transform(text_tokens))

@@ -4,7 +4,9 @@ Training (inputs from `VLDatasetMapper`, task "pretrain": `image` [3, S, S], `im
 `mlm_input_ids` [T], `mlm_labels` [T]) returns the enabled objectives (MODEL.FIBER.COARSE.OBJECTIVES):
   loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue);
   loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE;
-  loss_mlm  fusion on, masked captions: CE of the masked tokens through the MLM head.
+  loss_mlm  fusion on, masked captions: CE of the masked tokens through the MLM head (on the fused text projection).
+The fused passes read the image and text tokens as FIBER's fused path does (`VLModel.fused_tokens`), the dual encoder
+as its image-only and text-only paths do.
 The image and text lower parts (below the fused layers) run once per batch and feed every pass.
 Inference (task "pretrain"/"retrieval": `captions_input_ids`, a list of [T_i]) returns per image
 {"image_embedding": [D], "text_embeddings": [n, D]}: the L2-normalised ITC embeddings, as RetrievalEvaluator wants.
@@ -23,7 +25,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from .backbone import FiberBackbone, FusionMode, ImageState, TextState
+from .backbone import FiberBackbone, ImageState, TextState
 from .coarse_heads import CoarseHeads
 from .coarse_losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
 from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
@@ -56,8 +58,11 @@ class FiberCoarseModel(VLModel):
         self.itm_generator: torch.Generator | None = None  # draws the ITM negatives (None: torch's global RNG)
         if heads.vqa is not None:
             self.freeze_unused([heads.vqa])
-        if "itm" not in self.objectives:
-            self.freeze_unused([heads.itm, heads.fused])
+        if "itm" not in self.objectives:  # MLM reads the fused text projection too
+            fused = heads.fused
+            self.freeze_unused([heads.itm, fused.image_transform, fused.image_pooler, fused.text_pooler])
+            if "mlm" not in self.objectives:
+                self.freeze_unused([fused.text_transform])
         if "mlm" not in self.objectives:
             self.freeze_unused([heads.mlm])
         if "itc" not in self.objectives:
@@ -84,12 +89,19 @@ class FiberCoarseModel(VLModel):
         """Dual encoder: ITC embeddings of images [B_i, D] and texts [B_t, D] (any two batch sizes)."""
         features = self.backbone.finish_image_unfused(self.backbone.encode_image_lower(images))
         text = self.backbone.finish_text_unfused(self.backbone.encode_text_lower(input_ids, attention_mask))
-        return self.heads.itc_image_embedding(self.image_tokens(features)), self.heads.itc_text_embedding(text, attention_mask)
+        image_tokens = self.unfused_image_tokens(features)
+        return self.heads.itc_image_embedding(image_tokens), self.heads.itc_text_embedding(text, attention_mask)
+
+    def match_logits(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """ITM with fusion on: logits [B, 2] (no match, match) for paired images [B, 3, S, S] and texts [B, T]."""
+        image_tokens, text = self.fused_tokens(
+            self.backbone.encode_image_lower(images), self.backbone.encode_text_lower(input_ids, attention_mask)
+        )
+        return self.heads.itm(self.heads.joint(image_tokens, text, attention_mask))
 
     def match_probability(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """ITM with fusion on: P(image i matches text i) [B] for paired images [B, 3, S, S] and texts [B, T]."""
-        features, text = self.backbone(images, input_ids, attention_mask, FusionMode.ON)
-        return itm_probability(self.heads.itm(self.heads.joint(self.image_tokens(features), text, attention_mask)))
+        return itm_probability(self.match_logits(images, input_ids, attention_mask))
 
     def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         if not self.training:
@@ -106,7 +118,7 @@ class FiberCoarseModel(VLModel):
         if "itc" in self.objectives or "itm" in self.objectives:
             features = self.backbone.finish_image_unfused(image_lower)
             text = self.backbone.finish_text_unfused(text_lower)
-            image_embedding = self.heads.itc_image_embedding(self.image_tokens(features))
+            image_embedding = self.heads.itc_image_embedding(self.unfused_image_tokens(features))
             text_embedding = self.heads.itc_text_embedding(text, mask)
             if "itc" in self.objectives:
                 queue = self.queue if self.queue.size else None
@@ -121,8 +133,8 @@ class FiberCoarseModel(VLModel):
                 raise ValueError(f"coarse-stage inputs {missing} lack 'mlm_input_ids' / 'mlm_labels' (MLM is enabled)")
             masked_ids, _ = self.pad_texts([x["mlm_input_ids"] for x in batched_inputs])
             labels, _ = self.pad_texts([x["mlm_labels"] for x in batched_inputs], fill=-100)
-            _, text = self.backbone.encode_upper(image_lower, self.backbone.encode_text_lower(masked_ids, mask), FusionMode.ON)
-            losses["loss_mlm"] = mlm_loss(self.heads.mlm(text), labels)
+            _, text = self.fused_tokens(image_lower, self.backbone.encode_text_lower(masked_ids, mask))
+            losses["loss_mlm"] = mlm_loss(self.heads.mlm_logits(text), labels)
         return losses
 
     def _itm_loss(
@@ -142,10 +154,10 @@ class FiberCoarseModel(VLModel):
         everyone = torch.arange(batch, device=self.device)
         image_index = torch.cat([everyone, everyone, negative_images])
         text_index = torch.cat([everyone, negative_texts, everyone])
-        features, text = self.backbone.encode_upper(
-            _select_image(image_lower, image_index), _select_text(text_lower, text_index), FusionMode.ON
+        image_tokens, text = self.fused_tokens(
+            _select_image(image_lower, image_index), _select_text(text_lower, text_index)
         )
-        logits = self.heads.itm(self.heads.joint(self.image_tokens(features), text, text_lower.attention_mask[text_index]))
+        logits = self.heads.itm(self.heads.joint(image_tokens, text, text_lower.attention_mask[text_index]))
         labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(self.device)
         return F.cross_entropy(logits.float(), labels)
 

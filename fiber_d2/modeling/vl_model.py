@@ -1,7 +1,10 @@
 """VLModel: what FIBER's image-level models (coarse stage, VQA, captioning) share.
 
 They read `VLDatasetMapper` outputs (S x S uint8 images, unpadded token ids), run a `FiberBackbone`, and use the
-coarse-stage heads (`CoarseHeads`) on the last Swin stage's tokens and the text tokens.
+coarse-stage heads (`CoarseHeads`) on the last Swin stage's tokens and the text tokens. As in FIBER's coarse stage
+(coarse_grained/fiber/modules/fiber_module.py, `infer`), the unfused image side (ITC) reads the last stage after
+Swin's final LayerNorm (`unfused_image_tokens`), the fused side (ITM, MLM, VQA) the raw last-block tokens
+(`fused_tokens`).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from .backbone import FiberBackbone, FiberFPN
+from .backbone import FiberBackbone, FiberFPN, FusionMode, ImageState, TextState
 from .coarse_heads import CoarseHeads
 
 
@@ -37,7 +40,6 @@ def build_coarse_heads(cfg: CfgNode, backbone: FiberBackbone, num_answers: int =
         vocab_size=text_config.vocab_size,
         temperature=cfg.MODEL.FIBER.COARSE.ITC_TEMPERATURE,
         num_answers=num_answers,
-        layer_norm_eps=text_config.layer_norm_eps,
         text_pooling=cfg.MODEL.FIBER.COARSE.TEXT_POOLING,
         itc_batch_norm=cfg.MODEL.FIBER.COARSE.ITC_BATCH_NORM,
     )
@@ -55,7 +57,8 @@ class VLModel(nn.Module):
         pad_token_id: int,
         needs_image_output: bool = True,
     ) -> None:
-        """needs_image_output: the model reads the last Swin stage's output (it must be in SWIN.OUT_FEATURES)."""
+        """needs_image_output: the model reads the last Swin stage's normalised output (`unfused_image_tokens`; it
+        must be in SWIN.OUT_FEATURES)."""
         super().__init__()
         self.backbone = backbone
         self.heads = heads
@@ -92,9 +95,17 @@ class VLModel(nn.Module):
             mask[i, : len(sequence)] = 1
         return ids, mask
 
-    def image_tokens(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Backbone image features -> the last stage's tokens [B, N, C]."""
+    def unfused_image_tokens(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Backbone image features -> the last stage's output tokens [B, N, C], after its LayerNorm (FIBER's
+        image-only path)."""
         return features[self.image_feature].flatten(2).transpose(1, 2)
+
+    def fused_tokens(self, image_state: ImageState, text_state: TextState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower states -> fused pass (FusionMode.ON) -> (last Swin block's tokens [B, N, C] with no final LayerNorm,
+        text hidden states [B, T, D], the last layer's LayerNorm left out when MODEL.FIBER.TEXT.SKIP_FINAL_NORM), as
+        FIBER's fused path."""
+        image, text = self.backbone.fuse(image_state, text_state, FusionMode.ON)
+        return image.tokens, text.hidden
 
     def freeze_unused(self, modules: Sequence[nn.Module | nn.Parameter]) -> None:
         """Stop gradients to parts this model never reads (so DDP finds no unused parameter); they stay in the state

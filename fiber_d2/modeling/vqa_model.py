@@ -3,7 +3,8 @@ META_ARCH_REGISTRY).
 
 Training (inputs from `VLDatasetMapper`, task "vqa": `image` [3, S, S], the question's `input_ids` [T] and
 `vqa_targets` [A], soft scores over the answer vocabulary) runs image and question through the backbone with fusion on,
-pools them into `heads.joint` [B, 2D] and classifies with `heads.vqa` (MLP 2D -> 2D, LN, GELU -> A):
+pools them into `heads.joint` [B, 2D] (the raw last Swin tokens, as FIBER's fused path: `VLModel.fused_tokens`) and
+classifies with `heads.vqa` (MLP 2D -> 2D, LN, GELU -> A):
   loss_vqa  mean binary cross-entropy over the B x A logits, times A (`vqa_loss`, FIBER's "BCE x 3129").
 Inference returns per question {"question_id", "answer": the string of the top class, "scores": [A] sigmoid
 probabilities}, as VQAEvaluator wants.
@@ -22,7 +23,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..data.vqa_vocabulary import answer_vocabulary_from_config
-from .backbone import FiberBackbone, FusionMode
+from .backbone import FiberBackbone
 from .coarse_heads import CoarseHeads
 from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
 
@@ -54,16 +55,14 @@ class FiberVQAModel(VLModel):
         pixel_std: Sequence[float],
         pad_token_id: int,
     ) -> None:
-        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id)
+        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, needs_image_output=False)
         if not answers or len(set(answers)) < len(answers):
             raise ValueError("the VQA answer vocabulary must be a non-empty list of unique answers")
         if heads.vqa is None or heads.vqa[-1].out_features != len(answers):
             raise ValueError(f"the heads need a VQA classifier over {len(answers)} answers (CoarseHeads num_answers)")
         self.answers = list(answers)
         logger.info("FiberVQAModel: %d answer classes (%s, ...)", len(self.answers), ", ".join(self.answers[:5]))
-        unused = [heads.itc, heads.itm, heads.mlm, heads.temperature]
-        unused += [norm for name, norm in backbone.image.out_norms.items() if name != self.image_feature]
-        self.freeze_unused(unused)
+        self.freeze_unused([heads.itc, heads.itm, heads.mlm, heads.temperature, backbone.image.out_norms])
 
     @classmethod
     def from_config(cls, cfg: CfgNode, answers: Sequence[str] | None = None) -> dict[str, Any]:
@@ -86,8 +85,10 @@ class FiberVQAModel(VLModel):
             raise ValueError(f"VQA inputs {missing} lack 'image' or 'input_ids' (use VLDatasetMapper, task 'vqa')")
         images = self.preprocess_images(batched_inputs)
         input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
-        features, text = self.backbone(images, input_ids, mask, FusionMode.ON)
-        return self.heads.vqa(self.heads.joint(self.image_tokens(features), text, mask))
+        image_tokens, text = self.fused_tokens(
+            self.backbone.encode_image_lower(images), self.backbone.encode_text_lower(input_ids, mask)
+        )
+        return self.heads.vqa(self.heads.joint(image_tokens, text, mask))
 
     def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
         if not self.training:

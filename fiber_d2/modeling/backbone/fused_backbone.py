@@ -4,7 +4,9 @@ forward(images, input_ids, attention_mask, fusion) returns (image features {res3
 states [B, T, D]). It is two public steps:
   lower: `encode_image_lower(images)` and `encode_text_lower(ids, mask)`: the blocks/layers below the fused part,
          each independent of the other modality;
-  upper: `encode_upper(image_state, text_state, fusion)`: the K fused image blocks and text layers in lock step.
+  upper: `encode_upper(image_state, text_state, fusion)`: the K fused image blocks and text layers in lock step
+         (`fuse` gives their final states instead: the image-level heads read the last Swin tokens before any stage
+         output LayerNorm, as FIBER's fused coarse path does).
 A caller may run the lower part once and the upper part many times (many prompts for one image).
 """
 from __future__ import annotations
@@ -120,14 +122,21 @@ class FiberBackbone(Backbone):
         state = self.text.embed(input_ids, attention_mask, causal=causal)
         return self.text.run(state, self.text.num_layers - self.num_fused)
 
-    def encode_upper(
+    def fuse(
         self, image_state: ImageState, text_state: TextState, fusion: FusionMode | str = FusionMode.ON
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Fused top layers -> (image features {name: [B, C, H, W]}, text hidden states [B, T, D]).
+    ) -> tuple[ImageState, TextState]:
+        """Fused top layers -> the final states: image `tokens` [B, N, C] are the last block's output (no stage
+        output LayerNorm), `outputs` the normalised stage features; text `hidden` [B, T, D].
 
         An image state of batch 1 is shared by a text batch of any size.
         """
-        image_state, text_state = run_fused_layers(self.image, self.text, image_state, text_state, self.num_fused, fusion)
+        return run_fused_layers(self.image, self.text, image_state, text_state, self.num_fused, fusion)
+
+    def encode_upper(
+        self, image_state: ImageState, text_state: TextState, fusion: FusionMode | str = FusionMode.ON
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Fused top layers -> (image features {name: [B, C, H, W]}, text hidden states [B, T, D]) (see `fuse`)."""
+        image_state, text_state = self.fuse(image_state, text_state, fusion)
         return image_state.outputs, text_state.hidden
 
     def finish_image_unfused(self, image_state: ImageState) -> dict[str, torch.Tensor]:

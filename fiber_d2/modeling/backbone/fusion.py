@@ -10,7 +10,8 @@ The gated cross-attentions are `attention.ImageToTextAttention` (in each fused S
 `attention.TextToImageAttention` (in each fused text layer); `run_fused_layers` steps both encoders.
 
 Fusion modes per call (`FusionMode`):
-  ON             both cross-attentions (the fused model: MLM, ITM, grounding);
+  ON             both cross-attentions (the fused model: MLM, ITM, grounding); the only mode in which the text
+                 encoder's `skip_final_norm` applies;
   OFF            no cross input at all: two independent encoders (the dual encoder for ITC and retrieval);
   TEXT_TO_IMAGE  text attends to the image, the image stream runs unfused (captioning). Each fused text layer reads
                  the tokens entering its paired image block, as in the fused model (FIBER's released captioning
@@ -64,5 +65,7 @@ def run_fused_layers(
             text=text_in.hidden if mode is FusionMode.ON else None,
             text_bias=text_in.bias,
         )
-        text_state = text_encoder.step(text_in, image=image_in.tokens if mode is not FusionMode.OFF else None)
+        text_state = text_encoder.step(
+            text_in, image=image_in.tokens if mode is not FusionMode.OFF else None, fused_pass=mode is FusionMode.ON
+        )
     return image_state, text_state

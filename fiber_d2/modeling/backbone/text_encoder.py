@@ -39,7 +39,9 @@ class RobertaTextEncoder(nn.Module):
     """RoBERTa whose top `len(fused_image_dims)` layers carry a `TextToImageAttention` (keys `t2i.<layer index>`).
 
     fused_image_dims: channels of the image tokens each fused layer attends to, bottom to top.
-    skip_final_norm: leave out the last layer's output LayerNorm (FIBER's coarse-stage quirk).
+    skip_final_norm: leave out the last layer's output LayerNorm in fused passes (`step(..., fused_pass=True)`), as
+        FIBER's coarse stage does in its fused loop (coarse_grained/fiber/modules/fiber_module.py, `infer`); its
+        text-only path and its caption decoder keep that LayerNorm.
     """
 
     def __init__(self, model: RobertaModel, fused_image_dims: Sequence[int] = (), skip_final_norm: bool = False):
@@ -122,21 +124,28 @@ class RobertaTextEncoder(nn.Module):
             bias = torch.where(future, torch.finfo(hidden.dtype).min, bias)
         return TextState(hidden, attention_mask, bias, 0)
 
-    def step(self, state: TextState, image: torch.Tensor | None = None) -> TextState:
-        """Run the next layer; `image` [B, N, C] feeds its text-to-image attention (fused layers only)."""
+    def step(self, state: TextState, image: torch.Tensor | None = None, fused_pass: bool = False) -> TextState:
+        """Run the next layer; `image` [B, N, C] feeds its text-to-image attention (fused layers only).
+
+        fused_pass: this step belongs to a pass with both cross-attentions (FusionMode.ON), where `skip_final_norm`
+        applies.
+        """
         index = state.layer
         if index >= self.num_layers:
             raise RuntimeError("every text layer has already run")
         if image is not None and str(index) not in self.t2i:
             raise ValueError(f"image tokens were given to text layer {index}, which is not fused")
+        output_norm = not (fused_pass and self.skip_final_norm and index == self.num_layers - 1)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            hidden = checkpoint(self._layer_forward, index, state.hidden, state.bias, image, use_reentrant=False)
+            hidden = checkpoint(
+                self._layer_forward, index, state.hidden, state.bias, image, output_norm, use_reentrant=False
+            )
         else:
-            hidden = self._layer_forward(index, state.hidden, state.bias, image)
+            hidden = self._layer_forward(index, state.hidden, state.bias, image, output_norm)
         return dataclasses.replace(state, hidden=hidden, layer=index + 1)
 
     def _layer_forward(
-        self, index: int, hidden: torch.Tensor, bias: torch.Tensor, image: torch.Tensor | None
+        self, index: int, hidden: torch.Tensor, bias: torch.Tensor, image: torch.Tensor | None, output_norm: bool
     ) -> torch.Tensor:
         layer = self.model.encoder.layer[index]
         self_attention, self_output = layer.attention.self, layer.attention.output
@@ -153,7 +162,7 @@ class RobertaTextEncoder(nn.Module):
             a = self.t2i[str(index)](a, image)
         hidden = self_output.LayerNorm(a + hidden)
         intermediate = layer.intermediate(hidden)
-        if self.skip_final_norm and index == self.num_layers - 1:
+        if not output_norm:
             return layer.output.dropout(layer.output.dense(intermediate)) + hidden
         return layer.output(intermediate, hidden)
 
