@@ -30,7 +30,7 @@ DOC_FILES = [
     + [ROOT / "MODEL_ZOO.md"]
     if path.is_file()
 ]
-CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "projects").rglob("*.yaml"))
 RUN_MARK = "<!-- docs-test: run -->"
 # First path components of the repository's own files; `models/`, `output/` and `datasets/` are the user's.
 REPO_DIRS = ("configs", "docs", "fiber_d2", "projects", "tests", "tools")
