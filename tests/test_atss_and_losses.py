@@ -1,4 +1,5 @@
-"""ATSS assignment, the three grounding losses and the detection post-processing, on hand-computed cases."""
+"""ATSS assignment, the three grounding losses and the detection post-processing, on hand-computed cases; the batched
+assignment and losses against the image-by-image loop versions they replaced, on random inputs."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from detectron2.structures import Boxes, Instances
 from fiber_d2.modeling import grounding_loss
 from fiber_d2.modeling.atss import ATSSMatcher
 from fiber_d2.modeling.grounding_inference import label_scores, merge_chunk_detections, postprocess_detections
-from fiber_d2.modeling.grounding_loss import centerness_targets, grounding_losses
+from fiber_d2.modeling.grounding_loss import centerness_targets, grounding_losses, pad_targets
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,6 +33,20 @@ def _boxes(*rows: list[float]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+def _match(matcher: ATSSMatcher, anchors_per_level: list[torch.Tensor], gt_boxes: torch.Tensor) -> torch.Tensor:
+    """One image's assignment [A] through the batched matcher."""
+    return matcher(anchors_per_level, gt_boxes[None], torch.ones(1, len(gt_boxes), dtype=torch.bool))[0]
+
+
+def _losses(matched_idxs, gt_boxes, gt_positive_maps, token_logits, **kwargs) -> dict[str, torch.Tensor]:
+    """grounding_losses on per-image lists (matched [A], boxes [G_i, 4], positive maps [G_i, T]), padded."""
+    boxes, _, maps = pad_targets(gt_boxes, gt_positive_maps, token_logits.shape[-1])
+    return grounding_losses(
+        matched_idxs=torch.stack(matched_idxs), gt_boxes=boxes, gt_positive_maps=maps, token_logits=token_logits,
+        **kwargs,
+    )
+
+
 # ---------------------------------------------------------------- ATSS
 
 
@@ -45,7 +60,7 @@ def test_atss_two_levels_hand_computed():
     # g1 = [0, -5, 20, 15] (= b0), centre (10, 5). Candidates a0, a1 (d 5), a2 (15), b0 (0), b1 (20).
     # IoUs 1/4, 1/4, 0, 1, 0: mean 0.3 + std 0.41079 = 0.71079 -> only b0 (centre (10, 5) inside g1).
     gt = _boxes([11, 0, 21, 10], [0, -5, 20, 15])
-    matched = ATSSMatcher(topk=3)([level0, level1], gt)
+    matched = _match(ATSSMatcher(topk=3), [level0, level1], gt)
     assert matched.tolist() == [-1, 0, -1, -1, 1, -1]
 
 
@@ -55,7 +70,7 @@ def test_atss_threshold_uses_unbiased_std():
     # mean 0.45175 + unbiased std 0.32507 = 0.77682 > 3/4: no positive (official, torch.std default).
     # The biased std (0.26542) would give 0.71717 and make a0 positive.
     anchors = _boxes([0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10], [15, 0, 25, 10])
-    assert ATSSMatcher(topk=3)([anchors], _boxes([1, 0, 12, 10])).tolist() == [-1, -1, -1, -1]
+    assert _match(ATSSMatcher(topk=3), [anchors], _boxes([1, 0, 12, 10])).tolist() == [-1, -1, -1, -1]
 
 
 def test_atss_centre_must_be_inside_by_the_margin():
@@ -64,10 +79,10 @@ def test_atss_centre_must_be_inside_by_the_margin():
     # is h - 5 above the gt's bottom edge, which must exceed 0.01.
     anchors = [_boxes([0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10])]
     matcher = ATSSMatcher(topk=3)
-    assert matcher(anchors, _boxes([0, 0, 10, 5.02])).tolist() == [0, -1, -1]
-    assert matcher(anchors, _boxes([0, 0, 10, 5.005])).tolist() == [-1, -1, -1]
+    assert _match(matcher, anchors, _boxes([0, 0, 10, 5.02])).tolist() == [0, -1, -1]
+    assert _match(matcher, anchors, _boxes([0, 0, 10, 5.005])).tolist() == [-1, -1, -1]
     # Centre outside: a0 has the highest IoU (0.49) yet is negative.
-    assert matcher(anchors, _boxes([0, 0, 10, 4.9])).tolist() == [-1, -1, -1]
+    assert _match(matcher, anchors, _boxes([0, 0, 10, 4.9])).tolist() == [-1, -1, -1]
 
 
 def test_atss_anchor_positive_for_two_gts_goes_to_higher_iou():
@@ -78,13 +93,13 @@ def test_atss_anchor_positive_for_two_gts_goes_to_higher_iou():
     # a0 goes to gB (IoU 1 > 2/3), whichever order the gts come in.
     anchors = [_boxes([0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10])]
     matcher = ATSSMatcher(topk=3)
-    assert matcher(anchors, _boxes([2, 0, 12, 10], [0, 0, 10, 10])).tolist() == [1, -1, -1, -1]
-    assert matcher(anchors, _boxes([0, 0, 10, 10], [2, 0, 12, 10])).tolist() == [0, -1, -1, -1]
+    assert _match(matcher, anchors, _boxes([2, 0, 12, 10], [0, 0, 10, 10])).tolist() == [1, -1, -1, -1]
+    assert _match(matcher, anchors, _boxes([0, 0, 10, 10], [2, 0, 12, 10])).tolist() == [0, -1, -1, -1]
 
 
 def test_atss_without_gts_is_all_negative():
     anchors = [_boxes([0, 0, 10, 10], [10, 0, 20, 10]), _boxes([0, 0, 20, 20])]
-    matched = ATSSMatcher()(anchors, torch.zeros(0, 4))
+    matched = _match(ATSSMatcher(), anchors, torch.zeros(0, 4))
     assert matched.dtype == torch.long and matched.tolist() == [-1, -1, -1]
 
 
@@ -112,7 +127,7 @@ def _one_anchor_case(deltas: list[float], token_logits: list[float], centerness_
 
 
 def test_losses_one_anchor_hand_computed():
-    losses = grounding_losses(**_one_anchor_case([1.0, 1.0, 0.0, 0.0], [0.0, 0.0, math.log(3.0)], math.log(3.0)))
+    losses = _losses(**_one_anchor_case([1.0, 1.0, 0.0, 0.0], [0.0, 0.0, math.log(3.0)], math.log(3.0)))
     # Focal (alpha 0.25, gamma 2), #pos = 1:
     #   token 0, target 1, p = 1/2: 0.25 * (1/2)^2 * ln 2;  token 1, target 0, p = 1/2: 0.75 * (1/2)^2 * ln 2;
     #   token 2, target 1, p = 3/4: 0.25 * (1/4)^2 * ln(4/3).
@@ -149,7 +164,7 @@ def test_box_loss_is_centerness_weighted_mean():
         centerness_logits=torch.zeros(1, 2),
         box2box_transform=TRANSFORM,
     )
-    losses = grounding_losses(**case)
+    losses = _losses(**case)
     # IoU 64/136 = 8/17, enclosing 144 -> GIoU 8/17 - 8/144; weighted by 3/7, / (3/7 + 1), x 2.
     expected = 2.0 * (1 - 8 / 17 + 8 / 144) * (3 / 7) / (3 / 7 + 1)
     assert losses["loss_box_giou"].item() == pytest.approx(expected, rel=1e-5)
@@ -191,8 +206,8 @@ def test_losses_invariant_to_text_padding():
     junk = dict(batch)
     junk["token_logits"] = batch["token_logits"].clone()
     junk["token_logits"][1, :, 5:] = 30.0
-    reference = grounding_losses(**batch)
-    for other in (grounding_losses(**padded), grounding_losses(**junk)):
+    reference = _losses(**batch)
+    for other in (_losses(**padded), _losses(**junk)):
         for name, value in reference.items():
             torch.testing.assert_close(other[name], value, rtol=0, atol=1e-6)
 
@@ -202,7 +217,7 @@ def test_zero_positive_batch_is_finite_and_connected():
     box_deltas = torch.randn(2, 3, 4, requires_grad=True)
     centerness_logits = torch.randn(2, 3, requires_grad=True)
     text_mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
-    losses = grounding_losses(
+    losses = _losses(
         anchors=_boxes([0, 0, 8, 8], [8, 0, 16, 8], [0, 0, 16, 16]),
         matched_idxs=[torch.full((3,), -1), torch.full((3,), -1)],
         gt_boxes=[torch.zeros(0, 4), torch.zeros(0, 4)],
@@ -235,17 +250,17 @@ def test_losses_average_counts_over_processes(monkeypatch):
     monkeypatch.setattr(grounding_loss.comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
     batch = _random_batch()
-    local = {name: value.item() for name, value in grounding_losses(**batch).items()}
+    local = {name: value.item() for name, value in _losses(**batch).items()}
     assert len(calls) == 2 and calls[0] == 5.0  # #pos, then the centerness sum
     monkeypatch.undo()
-    for name, value in grounding_losses(**batch).items():
+    for name, value in _losses(**batch).items():
         assert local[name] == pytest.approx(value.item(), rel=1e-6)
 
     monkeypatch.setattr(grounding_loss.comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
     calls.clear()
     batch["matched_idxs"] = [torch.full((5,), -1), torch.full((5,), -1)]
-    grounding_losses(**batch)
+    _losses(**batch)
     assert calls == [0.0, 0.0]
 
 
@@ -255,7 +270,7 @@ def test_losses_decrease_under_sgd():
     level1 = torch.tensor([[x, y, x + 32.0, y + 32.0] for y in range(-8, 24, 16) for x in range(-8, 24, 16)])
     gt_boxes = [_boxes([2, 3, 14, 20], [14, 12, 30, 30]), _boxes([0, 0, 24, 16])]
     matcher = ATSSMatcher(topk=4)
-    matched = [matcher([level0, level1], boxes) for boxes in gt_boxes]
+    matched = [_match(matcher, [level0, level1], boxes) for boxes in gt_boxes]
     assert all((m >= 0).any() for m in matched)
     num_anchors, num_tokens = level0.shape[0] + level1.shape[0], 6
     positive_maps = [torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0]]), torch.tensor([[0, 0, 1, 0, 1, 0]])]
@@ -266,16 +281,16 @@ def test_losses_decrease_under_sgd():
     optimizer = torch.optim.SGD(parameters, lr=0.5)
 
     def losses() -> dict[str, torch.Tensor]:
-        return grounding_losses(
-            torch.cat([level0, level1]),
-            matched,
-            gt_boxes,
-            [m.bool() for m in positive_maps],
-            token_logits,
-            torch.ones(2, num_tokens, dtype=torch.bool),
-            box_deltas,
-            centerness_logits,
-            TRANSFORM,
+        return _losses(
+            anchors=torch.cat([level0, level1]),
+            matched_idxs=matched,
+            gt_boxes=gt_boxes,
+            gt_positive_maps=[m.bool() for m in positive_maps],
+            token_logits=token_logits,
+            text_mask=torch.ones(2, num_tokens, dtype=torch.bool),
+            box_deltas=box_deltas,
+            centerness_logits=centerness_logits,
+            box2box_transform=TRANSFORM,
         )
 
     initial = {name: value.item() for name, value in losses().items()}

@@ -20,6 +20,8 @@ whenever there is a positive) only against 0. Inputs are cast to float32 (the of
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -38,21 +40,38 @@ def centerness_targets(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
     return ratio.clamp(min=0).sqrt()
 
 
-def _mean_over_processes(value: float, device: torch.device) -> float:
-    """Sum of `value` over all processes / world size (every process must call it, positives or not)."""
+def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """Sum of the scalar tensor `value` over all processes / world size (every process must call it)."""
     world_size = comm.get_world_size()
     if world_size == 1:
         return value
-    total = torch.tensor([value], dtype=torch.float32, device=device)
+    total = value.detach().clone().float().reshape(1)
     torch.distributed.all_reduce(total)
-    return total.item() / world_size
+    return total[0] / world_size
+
+
+def pad_targets(
+    gt_boxes: Sequence[torch.Tensor], gt_positive_maps: Sequence[torch.Tensor], num_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image gt boxes [G_i, 4] and positive maps [G_i, T_i] (bool, T_i <= num_tokens) -> boxes [B, G, 4],
+    validity [B, G] (bool) and positive maps [B, G, num_tokens], padded to G = max(max G_i, 1) with zeros / False."""
+    device = gt_boxes[0].device
+    num_gt = max(1, max(len(boxes) for boxes in gt_boxes))
+    boxes = torch.zeros((len(gt_boxes), num_gt, 4), dtype=torch.float32, device=device)
+    valid = torch.zeros((len(gt_boxes), num_gt), dtype=torch.bool, device=device)
+    maps = torch.zeros((len(gt_boxes), num_gt, num_tokens), dtype=torch.bool, device=device)
+    for image, (image_boxes, positive_map) in enumerate(zip(gt_boxes, gt_positive_maps)):
+        boxes[image, : len(image_boxes)] = image_boxes
+        valid[image, : len(image_boxes)] = True
+        maps[image, : len(image_boxes), : positive_map.shape[1]] = positive_map
+    return boxes, valid, maps
 
 
 def grounding_losses(
     anchors: torch.Tensor,
-    matched_idxs: list[torch.Tensor],
-    gt_boxes: list[torch.Tensor],
-    gt_positive_maps: list[torch.Tensor],
+    matched_idxs: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_positive_maps: torch.Tensor,
     token_logits: torch.Tensor,
     text_mask: torch.Tensor,
     box_deltas: torch.Tensor,
@@ -64,43 +83,36 @@ def grounding_losses(
 ) -> dict[str, torch.Tensor]:
     """The three losses of a batch: {"loss_align", "loss_box_giou", "loss_centerness"} (scalars).
 
-    anchors [A, 4] (XYXY px, all levels, shared by the padded batch); per image: matched gt index [A] (-1 negative),
-    gt boxes [G_i, 4] (XYXY px), positive maps [G_i, T] (bool); token_logits [B, A, T]; text_mask [B, T] (True on
-    real tokens); box_deltas [B, A, 4] (Box2BoxTransform deltas); centerness_logits [B, A].
+    anchors [A, 4] (XYXY px, all levels, shared by the padded batch); matched gt index [B, A] (-1 negative); gt boxes
+    [B, G, 4] (XYXY px) and positive maps [B, G, T] (bool), padded (`pad_targets`); token_logits [B, A, T];
+    text_mask [B, T] (True on real tokens); box_deltas [B, A, 4] (Box2BoxTransform deltas); centerness_logits [B, A].
+    Computed over all anchors at once, negatives weighted 0 (no per-image loop, no host synchronisation).
     """
     token_logits, box_deltas, centerness_logits = token_logits.float(), box_deltas.float(), centerness_logits.float()
     anchors = anchors.float()
-    targets = torch.zeros_like(token_logits)
-    positive_anchors, positive_boxes, positive_images = [], [], []
-    for image, (matched, boxes, positive_map) in enumerate(zip(matched_idxs, gt_boxes, gt_positive_maps)):
-        positive = torch.nonzero(matched >= 0).squeeze(1)
-        targets[image, positive] = positive_map[matched[positive]].to(targets.dtype)
-        positive_anchors.append(positive)
-        positive_boxes.append(boxes[matched[positive]].float())
-        positive_images.append(torch.full_like(positive, image))
-    positive_anchors = torch.cat(positive_anchors)
-    positive_images = torch.cat(positive_images)
-    positive_boxes = torch.cat(positive_boxes)
-    num_positive = max(_mean_over_processes(float(positive_anchors.numel()), token_logits.device), 1.0)
+    positive = matched_idxs >= 0  # [B, A]
+    images = torch.arange(matched_idxs.shape[0], device=matched_idxs.device)[:, None]
+    gt_index = matched_idxs.clamp(min=0)
+    targets = (gt_positive_maps[images, gt_index] & positive[..., None]).to(token_logits.dtype)  # [B, A, T]
+    num_positive = _mean_over_processes(positive.sum().float()).clamp(min=1.0)
 
     focal = sigmoid_focal_loss(token_logits, targets, alpha=focal_alpha, gamma=focal_gamma, reduction="none")
     loss_align = (focal * text_mask.unsqueeze(1).to(focal.dtype)).sum() / num_positive
 
-    if positive_anchors.numel() == 0:
-        _mean_over_processes(0.0, token_logits.device)  # match the other processes' centerness-sum all-reduce
-        # Zero losses that still reach every output, so DDP sees a gradient for every parameter.
-        zero = box_deltas.sum() * 0 + centerness_logits.sum() * 0
-        return {"loss_align": loss_align, "loss_box_giou": zero, "loss_centerness": zero}
-
-    matched_anchors = anchors[positive_anchors]
-    predicted_boxes = box2box_transform.apply_deltas(box_deltas[positive_images, positive_anchors], matched_anchors)
-    centerness = centerness_targets(matched_anchors, positive_boxes)
-    centerness_sum = max(_mean_over_processes(centerness.sum().item(), token_logits.device), 1e-6)
-    giou = generalized_box_iou_loss(predicted_boxes, positive_boxes, reduction="none")
+    # A negative decodes its anchor with zero deltas against the anchor itself: finite, weight 0, no gradient.
+    batch_anchors = anchors.expand(positive.shape[0], -1, -1)
+    matched_boxes = torch.where(positive[..., None], gt_boxes.float()[images, gt_index], batch_anchors)
+    deltas = torch.where(positive[..., None], box_deltas, 0.0)
+    predicted_boxes = box2box_transform.apply_deltas(deltas.reshape(-1, 4), batch_anchors.reshape(-1, 4))
+    centerness = torch.where(
+        positive.reshape(-1), centerness_targets(batch_anchors.reshape(-1, 4), matched_boxes.reshape(-1, 4)), 0.0
+    )
+    centerness_sum = _mean_over_processes(centerness.sum()).clamp(min=1e-6)
+    giou = generalized_box_iou_loss(predicted_boxes, matched_boxes.reshape(-1, 4), reduction="none")
     loss_box = reg_loss_weight * (giou * centerness).sum() / centerness_sum
     loss_centerness = (
         F.binary_cross_entropy_with_logits(
-            centerness_logits[positive_images, positive_anchors], centerness, reduction="sum"
+            centerness_logits.reshape(-1), centerness, weight=positive.reshape(-1).float(), reduction="sum"
         )
         / num_positive
     )

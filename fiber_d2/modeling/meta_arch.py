@@ -33,7 +33,7 @@ from .backbone.text_encoder import TextState
 from .chunked_inference import TextStateCache, pad_text_states
 from .grounding_head import GroundingHead
 from .grounding_inference import merge_chunk_detections, postprocess_detections
-from .grounding_loss import grounding_losses
+from .grounding_loss import grounding_losses, pad_targets
 
 if TYPE_CHECKING:
     from ..data.prompts import PromptChunk
@@ -193,11 +193,14 @@ class FiberGroundingDetector(nn.Module):
         input_ids, text_mask = self.pad_prompts([x["input_ids"] for x in batched_inputs])
         anchors, token_logits, box_deltas, centerness = self.run_head(images, input_ids, text_mask)
         gt = [x["instances"].to(self.device) for x in batched_inputs]
-        gt_boxes = [instances.gt_boxes.tensor for instances in gt]
-        positive_maps = [_pad_tokens(instances.gt_positive_map, input_ids.shape[1]) for instances in gt]
+        gt_boxes, gt_valid, positive_maps = pad_targets(
+            [instances.gt_boxes.tensor for instances in gt],
+            [instances.gt_positive_map for instances in gt],
+            input_ids.shape[1],
+        )
         return grounding_losses(
             torch.cat(anchors),
-            [self.matcher(anchors, boxes) for boxes in gt_boxes],
+            self.matcher(anchors, gt_boxes, gt_valid),
             gt_boxes,
             positive_maps,
             torch.cat(token_logits, dim=1),
