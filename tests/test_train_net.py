@@ -1,6 +1,7 @@
 """End to end through the command-line entry points, on a tiny FIBER-Shapes set: the FIBER grounding detector (what
 `make demo` runs) trains, resumes, evaluates every task, runs on two CPU processes and draws prompts; the
-closed-vocabulary baseline still trains through Detectron2's own loaders."""
+closed-vocabulary baseline still trains through Detectron2's own loaders; a COCO-format dataset named in a config
+trains with no code; config errors end in one line."""
 import json
 import os
 import re
@@ -46,7 +47,7 @@ def datasets_root(tmp_path_factory):
 def trained(datasets_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY,
-          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out], datasets_root)
+          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out], datasets_root, timeout=600)
     return out
 
 
@@ -131,6 +132,25 @@ def test_missing_dataset_is_named_without_a_traceback(tmp_path):
     assert "Traceback" not in log
 
 
+def test_config_errors_end_in_one_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("_BASE_: " + str(CONFIG) + "\nSOLVER:\n  MAX_ITER: [1\n")
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", broken], tmp_path, expect_success=False)
+    assert f"train_net.py: error: {broken}: not valid YAML: while parsing a flow sequence" in log
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, "SOLVER.NOPE", "1"], tmp_path,
+               expect_success=False)
+    assert "train_net.py: error: command-line override: Non-existent key: SOLVER.NOPE" in log
+    assert "Traceback" not in log
+
+
+def test_custom_coco_example_config_trains_and_evaluates(datasets_root, tmp_path):
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", REPO / "projects" / "FIBER" / "configs" /
+          "custom_coco.yaml", *TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"my_shapes_val"}  # the dataset registered from the config, under its own name
+    assert {"AP", "AP50", "AP75"} <= set(results["my_shapes_val"]["bbox"])
+
+
 def test_demo_names_an_input_that_matches_nothing(trained, datasets_root, tmp_path):
     log = _run([REPO / "projects" / "FIBER" / "demo.py", "--config-file", CONFIG, "--input", tmp_path / "nope*.jpg",
                 "--output", tmp_path, "--opts", "MODEL.WEIGHTS", trained / "model_final.pth"], datasets_root,
@@ -163,6 +183,7 @@ def test_coarse_stage_hook_runs_before_the_fine_stage_and_resumes(datasets_root,
     train = [REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, *COARSE_HOOK,
              "OUTPUT_DIR", tmp_path]
     log = _run([*train, "COARSE_STAGE.MAX_ITER", "3", "SOLVER.MAX_ITER", "2"], datasets_root)
+    assert "fine-tuning of MODEL.WEIGHTS" not in log  # from scratch: no warning
     # One console line per coarse iteration (LOG_PERIOD 1), with the coarse lr of the iteration's step.
     printed = re.findall(r"coarse iter: (\d)/3  coarse/loss_itc: \S+ .* time: \S+  lr: (\S+)", log)
     coarse_metrics = [m for m in _metrics(tmp_path) if "coarse/lr" in m]
@@ -180,6 +201,15 @@ def test_coarse_stage_hook_runs_before_the_fine_stage_and_resumes(datasets_root,
     assert "Coarse stage resumed at iteration 2 of 3" in log
     assert "Coarse stage: iterations 2 to 3 before the fine stage" in log
     assert "Starting training from iteration 0" in log
+
+
+def test_a_coarse_stage_before_a_fine_tune_warns(trained, datasets_root, tmp_path):
+    weights = trained / "model_final.pth"
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, *COARSE_HOOK,
+                "COARSE_STAGE.MAX_ITER", "1", "SOLVER.MAX_ITER", "1", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", tmp_path],
+               datasets_root)
+    assert (f"COARSE_STAGE.ENABLED: coarse iterations 0 to 1 will run before the fine-tuning of MODEL.WEIGHTS "
+            f"{weights}; pass COARSE_STAGE.ENABLED False to fine-tune only") in log
 
 
 def test_demo_config_runs_the_coarse_stage_then_the_fine_stage(datasets_root, tmp_path):
