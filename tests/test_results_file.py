@@ -1,10 +1,17 @@
-"""results.json: checked before evaluating, merged under a lock (no entry lost between processes), replaced atomically."""
+"""results.json: checked before training and evaluating, merged under a lock (no entry lost between processes),
+replaced atomically, and written after each dataset (an error in a later one keeps the earlier results)."""
 import json
 import multiprocessing
 import os
 
 import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.evaluation import DatasetEvaluator
+from torch import nn
 
+from fiber_d2.config import add_fiber_config
+from fiber_d2.engine.trainer import Trainer
 from fiber_d2.evaluation.results import ResultsFileError, check_results_file, save_results_json
 
 
@@ -53,3 +60,59 @@ def test_concurrent_writers_lose_no_entry(tmp_path):
     merged = json.loads(open(path).read())
     assert len(merged) == 300
     assert merged["w1_149"] == {"task": {"metric": 149.0}}
+
+
+class ConstantEvaluator(DatasetEvaluator):
+    def __init__(self, value):
+        self.value = value
+
+    def process(self, inputs, outputs):
+        pass
+
+    def evaluate(self):
+        return {"bbox": {"AP": self.value}}
+
+
+class DrawingModel(nn.Module):
+    """A model whose inference draws from torch's generator (as dropout or sampling would)."""
+
+    def forward(self, inputs):
+        torch.rand(5)
+        return inputs
+
+
+class FailingLoader(list):
+    def __iter__(self):
+        raise RuntimeError("image 7 of the second set is unreadable")
+
+
+def test_each_dataset_is_saved_when_it_completes_and_generators_are_untouched(tmp_path, monkeypatch):
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.DATASETS.TEST = ("first", "second")
+    loaders = {"first": [[{"x": 1}]], "second": FailingLoader([[{"x": 2}]])}
+    monkeypatch.setattr(Trainer, "build_test_loader", classmethod(lambda cls, cfg, name: loaders[name]))
+    model = DrawingModel()
+    torch.manual_seed(0)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="image 7 of the second set"):
+        Trainer.test(cfg, model, [ConstantEvaluator(12.5), ConstantEvaluator(1.0)])
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"first": {"bbox": {"AP": 12.5}}}
+
+    loaders["second"] = [[{"x": 2}]]
+    results = Trainer.test(cfg, model, [ConstantEvaluator(12.5), ConstantEvaluator(1.0)])
+    assert results == {"first": {"bbox": {"AP": 12.5}}, "second": {"bbox": {"AP": 1.0}}}
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+
+
+def test_a_bad_results_file_fails_before_training_starts(tmp_path, monkeypatch):
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    (tmp_path / "results.json").write_text("[]")
+    monkeypatch.setattr(Trainer, "build_model", classmethod(lambda cls, cfg: pytest.fail("the model was built")))
+    with pytest.raises(ResultsFileError, match="holds a JSON list"):
+        Trainer(cfg)

@@ -1,9 +1,13 @@
 """Trainer: Detectron2's DefaultTrainer with fiber_d2's data loaders (by INPUT.DATASET_MAPPER_NAME), evaluators (by
 evaluator type), optimizers, results file and the coarse-stage hook (COARSE_STAGE.ENABLED).
+Checkpoints (FiberCheckpointer: safe loading, atomic saves) hold what an exact resume needs: weights, optimizer,
+schedule, hooks' states, random generators' states and the data position (TrainingStateHook).
 `projects/FIBER/train_net.py` is its command line; nothing here depends on the model's class."""
 from __future__ import annotations
 
+import logging
 import os
+import weakref
 
 import torch
 from detectron2.config import CfgNode
@@ -11,20 +15,51 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..checkpoint.checkpointer import FiberCheckpointer
 from ..data.loaders import build_test_loader, build_train_loader
 from ..evaluation import build_evaluator, save_results_json
+from ..evaluation.results import check_results_file
 from ..solver import build_optimizer
 from .coarse_hook import CoarseStageHook
+from .train_state import TrainingStateHook, preserved_rng_state
+
+logger = logging.getLogger(__name__)
+
+
+def results_path(cfg: CfgNode) -> str:
+    """The results file: OUTPUT_DIR/TEST.RESULTS_FILE."""
+    return os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_FILE)
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with fiber_d2's loaders, evaluators, optimizers, results file and coarse-stage hook."""
 
+    def __init__(self, cfg: CfgNode) -> None:
+        check_results_file(results_path(cfg))  # a results file that cannot be merged into fails now, not at the end
+        super().__init__(cfg)
+
     def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the checkpoint hook gets ours
+        self.checkpointer = FiberCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         hooks = super().build_hooks()
         if self.cfg.COARSE_STAGE.ENABLED:
             hooks.insert(0, CoarseStageHook(self.cfg, self.model))
+        hooks.append(TrainingStateHook())
         return hooks
+
+    def state_dict(self) -> dict:
+        """DefaultTrainer's state (iteration, hooks) and the optimizer's (and AMP scaler's), as later Detectron2
+        releases save them; Detectron2 0.6 leaves the optimizer out."""
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+        else:
+            logger.warning("The checkpoint holds no optimizer state: the optimizer's moments start again")
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -47,14 +82,24 @@ class Trainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
-        """DefaultTrainer.test (the evaluators get the model when retrieval re-ranks by ITM); the results are merged
-        into OUTPUT_DIR/TEST.RESULTS_FILE as {dataset_name: {task: {metric: value}}}."""
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None) -> dict:
+        """DefaultTrainer.test one dataset at a time (the evaluators get the model when retrieval re-ranks by ITM):
+        each dataset's results are merged into OUTPUT_DIR/TEST.RESULTS_FILE as soon as it is evaluated, so an error
+        in a later one keeps them. Returns {dataset_name: {task: {metric: value}}}. The random generators end as
+        they were, so an evaluation during training does not change the training."""
+        path = results_path(cfg)
+        check_results_file(path)
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
         if evaluators is None and cfg.TEST.RETRIEVAL_ITM_TOP_K > 0:
             evaluators = [cls.build_evaluator(cfg, name, model=model) for name in cfg.DATASETS.TEST]
-        results = super().test(cfg, model, evaluators)
-        if len(cfg.DATASETS.TEST) == 1:  # DefaultTrainer.test drops the dataset level for a single dataset
-            results = {cfg.DATASETS.TEST[0]: results}
-        if comm.is_main_process():
-            save_results_json(results, os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_FILE))
+        results = {}
+        with preserved_rng_state():
+            for index, name in enumerate(cfg.DATASETS.TEST):
+                one = cfg.clone()
+                one.defrost()
+                one.DATASETS.TEST = (name,)
+                results[name] = super().test(one, model, None if evaluators is None else [evaluators[index]])
+                if comm.is_main_process():
+                    save_results_json({name: results[name]}, path)
         return results

@@ -12,22 +12,28 @@ Your own COCO-format detection data, with no code (see projects/FIBER/configs/cu
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)"
 
 Evaluation results go to the log, to TensorBoard/metrics.json, and to OUTPUT_DIR/results.json as
-{dataset_name: {task: {metric: value}}}. A bad config, dataset or prompt ends in one line naming it.
+{dataset_name: {task: {metric: value}}}. A bad config, dataset, prompt, weights file or results file ends in one
+line naming it.
 """
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import fiber_d2  # noqa: F401  (registers fiber_d2's models and datasets)
+from fiber_d2.checkpoint import CheckpointLayoutError
+from fiber_d2.checkpoint.checkpointer import FiberCheckpointer
 from fiber_d2.config import ConfigError, load_fiber_config
 from fiber_d2.data import PromptError
 from fiber_d2.data.datasets import DatasetFormatError
 from fiber_d2.data.datasets.from_config import register_datasets_from_config
 from fiber_d2.engine import launch
 from fiber_d2.engine.trainer import Trainer
+from fiber_d2.evaluation.results import ResultsFileError
+
+# Errors whose message names what is wrong (config, dataset, prompt, weights file, results file): printed in one line.
+ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, DatasetFormatError, PromptError, CheckpointLayoutError, ResultsFileError)
 
 
 def setup(args):
@@ -43,7 +49,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        FiberCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -63,5 +69,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigError, FileNotFoundError, DatasetFormatError, PromptError) as e:  # the message names what is wrong
+    except ONE_LINE_ERRORS as e:
         sys.exit(f"train_net.py: error: {e}")
