@@ -38,8 +38,8 @@ class FiberCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that reads without running pickled code, refuses weights of another model, saves
     atomically and resumes from the newest readable checkpoint (module docstring).
 
-    max_missing: the largest share (0..1) of the model's tensors that may be missing from a loaded file; 1.0 never
-    fails. Resuming a run ignores the `.pth` files' other checkpointables when they were saved without them.
+    max_missing: the largest share (0..1) of the model's tensors that may be missing from a loaded file (absent or of
+    another shape); 1.0 never fails.
     """
 
     def __init__(self, model: torch.nn.Module, save_dir: str = "", *, max_missing: float = 0.5, **kwargs: Any) -> None:
@@ -99,7 +99,8 @@ class FiberCheckpointer(DetectionCheckpointer):
         weights = checkpoint["model"]
         for key, value in weights.items():
             if not isinstance(value, (torch.Tensor, np.ndarray)):
-                raise CheckpointLayoutError(f"{path}: entry {key!r} of its weights is a {type(value).__name__}, not a tensor")
+                kind = type(value).__name__
+                raise CheckpointLayoutError(f"{path}: entry {key!r} of its weights is a {kind}, not a tensor")
         file_keys = list(weights)
         incompatible = super()._load_model(checkpoint)
         model_keys = list(self.model.state_dict())

@@ -140,7 +140,7 @@ def _torch_load(path: str, stand_in_unknown_globals: bool) -> Any:
     is_zip = zipfile.is_zipfile(path)
     if not is_zip and head.startswith(b"PK"):
         raise UnreadableCheckpointError(
-            f"checkpoint {path!r} is truncated or corrupt (a zip archive without its directory; was its save cut short?)"
+            f"checkpoint {path!r} is truncated or corrupt (a zip archive without its directory: a save cut short?)"
         )
     if not is_zip and not head.startswith(b"\x80"):  # neither torch.save's zip format nor a (legacy) pickle
         raise UnreadableCheckpointError(

@@ -66,7 +66,8 @@ class ResumableBatchSampler:
         """Continue from `state`; False (nothing changed) when it was saved for another dataset size, batch size or
         grouping."""
         pending = state.get("pending", [])
-        if state.get("size") != self.size or state.get("batch_size") != self.batch_size or len(pending) != self.num_groups:
+        same_data = state.get("size") == self.size and state.get("batch_size") == self.batch_size
+        if not same_data or len(pending) != self.num_groups:
             return False
         self.start = {"seed": int(state["seed"]), "position": int(state["position"]), "pending": pending}
         return True

@@ -33,7 +33,9 @@ from fiber_d2.engine.trainer import Trainer
 from fiber_d2.evaluation.results import ResultsFileError
 
 # Errors whose message names what is wrong (config, dataset, prompt, weights file, results file): printed in one line.
-ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, DatasetFormatError, PromptError, CheckpointLayoutError, ResultsFileError)
+ONE_LINE_ERRORS = (
+    ConfigError, FileNotFoundError, DatasetFormatError, PromptError, CheckpointLayoutError, ResultsFileError
+)
 
 
 def setup(args):
