@@ -1,4 +1,6 @@
-"""Reading checkpoints safely and converting official FIBER checkpoints to fiber_d2's names."""
-from .io import CheckpointLayoutError, load_state_dict_file
+"""Reading checkpoints safely, FiberCheckpointer (safe loads, atomic saves, resume fallback) and converting official
+FIBER checkpoints to fiber_d2's names."""
+from .checkpointer import FiberCheckpointer
+from .io import CheckpointLayoutError, UnreadableCheckpointError, load_state_dict_file
 
-__all__ = ["CheckpointLayoutError", "load_state_dict_file"]
+__all__ = ["CheckpointLayoutError", "FiberCheckpointer", "UnreadableCheckpointError", "load_state_dict_file"]

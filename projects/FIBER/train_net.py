@@ -22,8 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import fiber_d2  # noqa: F401  (registers fiber_d2's models and datasets)
-from fiber_d2.checkpoint import CheckpointLayoutError
-from fiber_d2.checkpoint.checkpointer import FiberCheckpointer
+from fiber_d2.checkpoint import CheckpointLayoutError, FiberCheckpointer
 from fiber_d2.config import ConfigError, load_fiber_config
 from fiber_d2.data import PromptError
 from fiber_d2.data.datasets import DatasetFormatError
