@@ -273,6 +273,33 @@ def test_coco_datasets_named_in_the_config_are_registered(tmp_path, monkeypatch)
         MetadataCatalog.remove("test_arch_mine")
 
 
+def test_on_bad_record_skip_reaches_the_builtin_datasets(tmp_path, monkeypatch):
+    """DATASETS.ON_BAD_RECORD skip re-registers the built-in datasets (here FIBER-Shapes) so their loaders skip."""
+    from fiber_d2.data.datasets import DatasetFormatError, register_all_fiber_datasets
+
+    annotations = tmp_path / "fiber_shapes" / "annotations"
+    annotations.mkdir(parents=True)
+    (tmp_path / "fiber_shapes" / "images" / "val").mkdir(parents=True)
+    (annotations / "instances_colorshape_val.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 20, "width": 30},
+                   {"id": 2, "file_name": "2.jpg", "height": 20, "width": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 5], "iscrowd": 0, "area": 50},
+                        {"id": 2, "image_id": 2, "category_id": 3, "bbox": [1, 2, -10, 5], "iscrowd": 0, "area": 50}],
+        "categories": [{"id": 3, "name": "red circle"}],
+    }))
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    try:
+        register_all_fiber_datasets(str(tmp_path))  # as on import: bad records raise, naming the key to set
+        with pytest.raises(DatasetFormatError, match="set DATASETS.ON_BAD_RECORD skip"):
+            DatasetCatalog.get("fiber_shapes_colorshape_val")
+        register_datasets_from_config(_cfg(DATASETS__ON_BAD_RECORD="skip"))
+        records = DatasetCatalog.get("fiber_shapes_colorshape_val")
+        assert [[a["bbox"] for a in r["annotations"]] for r in records if r["annotations"]] == [[[1, 2, 10, 5]]]
+    finally:
+        monkeypatch.undo()
+        register_all_fiber_datasets(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
 @pytest.mark.parametrize(
     "value, message",
     [

@@ -110,7 +110,7 @@ def test_coco_detection_bad_box_is_named_or_skipped(tmp_path, bbox, problem, cap
     with pytest.raises(DatasetFormatError) as info:
         load_coco_detection_json(json_file, str(tmp_path / "images"))
     message = str(info.value)
-    for part in (json_file, "image id 1", "annotation id 11", problem, "on_bad_record='skip'"):
+    for part in (json_file, "image id 1", "annotation id 11", problem, "set DATASETS.ON_BAD_RECORD skip"):
         assert part in message
     with caplog.at_level(logging.WARNING):
         dicts = load_coco_detection_json(json_file, str(tmp_path / "images"), on_bad_record="skip")

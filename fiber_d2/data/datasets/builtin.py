@@ -151,4 +151,9 @@ def register_all_fiber_datasets(root: str, on_bad_record: str = "raise") -> None
 
 
 # Registered on import, as detectron2.data.datasets.builtin does.
-register_all_fiber_datasets(os.getenv("DETECTRON2_DATASETS", "datasets"))
+def default_root() -> str:
+    """Where the datasets are: $DETECTRON2_DATASETS, default `datasets` (Detectron2's convention)."""
+    return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+register_all_fiber_datasets(default_root())

@@ -124,7 +124,7 @@ class RecordReporter:
         """Raise, or warn and count, for `record` (e.g. 'image id 7, annotation id 12') with `problem`."""
         message = f"{self.source}: {record}: {problem}"
         if self.on_bad_record == "raise":
-            raise DatasetFormatError(f"{message} (load with on_bad_record='skip' to skip such records)")
+            raise DatasetFormatError(f"{message} (set DATASETS.ON_BAD_RECORD skip to skip such records)")
         logger.warning("Skipping a bad record: %s", message)
         self.num_skipped += 1
 
