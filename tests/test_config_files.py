@@ -107,10 +107,11 @@ def test_caption_config():
     cfg = load("coarse_caption.yaml")
     assert cfg.MODEL.META_ARCHITECTURE == "FiberCaptionModel"
     assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("coco_karpathy_train",), ("coco_karpathy_test",))
-    # 10 epochs of the 566,747 Karpathy train+restval captions at batch 512; lr 5e-5, x5 on the MLM head and t2i.
+    # 10 epochs of the 566,747 Karpathy train+restval captions at batch 512; lr 5e-5, x5 on the MLM head, the fused
+    # text projection it reads (FIBER's cross_modal_text_transform) and t2i.
     assert cfg.SOLVER.MAX_ITER == round(10 * 566747 / 512) == 11069
     assert cfg.SOLVER.BASE_LR == 5e-5
-    assert cfg.SOLVER.LR_MULTIPLIERS == (("heads\\.mlm\\.|\\.t2i\\.", 5.0),)
+    assert cfg.SOLVER.LR_MULTIPLIERS == (("heads\\.mlm\\.|heads\\.fused\\.|\\.t2i\\.", 5.0),)
     assert (cfg.MODEL.FIBER.CAPTION.BEAM_SIZE, cfg.MODEL.FIBER.CAPTION.MAX_LENGTH) == (5, 50)
 
 
