@@ -4,9 +4,15 @@
 (BACKBONE_REGISTRY), the datasets (DatasetCatalog/MetadataCatalog, under $DETECTRON2_DATASETS) and the data loaders
 of INPUT.DATASET_MAPPER_NAME. `add_fiber_config` adds fiber_d2's config keys; `FiberPredictor` is the prompt API.
 """
-from . import data, modeling  # noqa: F401  (registration on import)
-from .config import add_fiber_config
-from .engine.predictor import FiberPredictor
+import warnings
+
+# fvcore (imported by Detectron2) calls the deprecated torch.jit.script when imported: a FutureWarning on every command
+# that a user cannot act on. Only that message is silenced.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from . import data, modeling  # noqa: E402,F401  (registration on import)
+from .config import add_fiber_config  # noqa: E402
+from .engine.predictor import FiberPredictor  # noqa: E402
 
 __version__ = "0.1.0"
 
