@@ -22,6 +22,9 @@ def add_fiber_config(cfg: CN) -> None:
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # (regex, factor) pairs: a parameter whose name matches a regex (re.search; first match wins) gets lr x factor.
     cfg.SOLVER.LR_MULTIPLIERS = ()
+    # Autocast dtype of SOLVER.AMP.ENABLED training (fiber_d2.engine.amp.FiberAMPTrainer, CPU or GPU): "auto"
+    # (bfloat16 on CPUs and GPUs that support it, else float16 with gradient scaling), "bfloat16" or "float16".
+    cfg.SOLVER.AMP.PRECISION = "auto"
 
     # The data loaders and mapper of the model's inputs (fiber_d2/data/loaders.py): "grounding" (prompts;
     # FiberGroundingDetector), "vl_pretrain" (image-text pairs; test sets as retrieval), "vl_vqa", "vl_caption"
@@ -125,6 +128,9 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.TOKENIZER = ""
     # Longest prompt in tokens, <s> and </s> included (FIBER: 256); batches are padded to their longest prompt only.
     cfg.MODEL.FIBER.MAX_QUERY_LEN = 256
+    # FiberGroundingDetector's inference (evaluation, FiberPredictor): "float32", or autocast to "bfloat16" /
+    # "float16" (anchors, box decoding, scores and NMS stay float32).
+    cfg.MODEL.FIBER.INFERENCE_DTYPE = "float32"
 
     cfg.MODEL.FIBER.PROMPT = CN()
     # Text between category names in a detection prompt (GLIP/FIBER: ". ").

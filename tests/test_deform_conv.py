@@ -144,3 +144,15 @@ def test_gpu_uses_torchvision():
     inputs = [tensor.detach().float().cuda() for tensor in _inputs(1, 4, 6, 5, 1)]
     expected = _torchvision(*inputs)
     torch.testing.assert_close(modulated_deform_conv(*inputs), expected, rtol=0, atol=0)
+
+
+def test_bfloat16_offsets_are_placed_at_float32_positions():
+    # Under autocast the offset conv gives bfloat16 offsets; the sample at column 150 + 0.25 must keep its 0.25
+    # (bfloat16 spacing between 128 and 256 is 1). One output at x = 150 (3x1 kernel row, centre tap 1).
+    offset = torch.zeros(1, 2, 1, 151, dtype=torch.bfloat16)
+    offset[0, 1, 0, 150] = 0.25
+    mask = torch.ones(1, 1, 1, 151, dtype=torch.bfloat16)
+    index, weight = bilinear_corners(offset, mask, 1, 200, (1, 1), stride=1, padding=0)
+    assert weight.dtype == torch.float32
+    assert index[0, 0, 0, 150].tolist()[:2] == [150, 151]
+    torch.testing.assert_close(weight[0, 0, 0, 150], torch.tensor([0.75, 0.25, 0.0, 0.0]), rtol=0, atol=1e-6)

@@ -41,7 +41,9 @@ def bilinear_corners(
     grid_y = tap_y.reshape(taps, 1, 1) + (torch.arange(out_h, device=device) * stride - padding).view(1, out_h, 1)
     grid_x = tap_x.reshape(taps, 1, 1) + (torch.arange(out_w, device=device) * stride - padding).view(1, 1, out_w)
     undeformed = torch.stack(torch.broadcast_tensors(grid_y, grid_x), dim=1)  # [taps, 2, Ho, Wo] as (y, x)
-    position = offset.reshape(batch, taps, 2, out_h, out_w) + undeformed.to(offset.dtype)
+    # At least float32, under autocast too: a bfloat16 position 100 px from the origin would be 0.5 px coarse.
+    dtype = torch.promote_types(offset.dtype, torch.float32)
+    position = offset.reshape(batch, taps, 2, out_h, out_w).to(dtype) + undeformed.to(dtype)
     low = position.detach().floor()
     fraction = position - low
     # Per axis, the corners below and above the sample and their weights: [B, taps, 2 (y, x), Ho, Wo, 2].
@@ -52,7 +54,7 @@ def bilinear_corners(
     index = corner[:, :, 0, ..., :, None] * width + corner[:, :, 1, ..., None, :]  # [B, taps, Ho, Wo, 2, 2]
     index = index + (torch.arange(batch, device=device) * (height * width)).view(batch, 1, 1, 1, 1, 1)
     weight = axis_weight[:, :, 0, ..., :, None] * axis_weight[:, :, 1, ..., None, :]
-    weight = weight * mask.reshape(batch, taps, out_h, out_w, 1, 1)
+    weight = weight * mask.reshape(batch, taps, out_h, out_w, 1, 1).to(dtype)
     return index.view(batch, taps, out_h, out_w, 4), weight.view(batch, taps, out_h, out_w, 4)
 
 
@@ -73,6 +75,7 @@ def deform_conv_sampled(
     out_h, out_w = offset.shape[-2:]
     index, corner_weight = bilinear_corners(offset, mask, height, width, (kernel_h, kernel_w), stride, padding)
     rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, channels)
+    corner_weight = corner_weight.to(rows.dtype)  # the gather in the input's dtype (e.g. under autocast)
     with_autograd = torch.is_grad_enabled() and any(
         tensor is not None and tensor.requires_grad for tensor in (x, offset, mask, weight, bias)
     )

@@ -6,6 +6,8 @@ Inference: token scores -> label scores through each prompt's label->token map, 
 given as several prompt chunks and their detections merged. With MODEL.FIBER.PROMPT.REUSE_LOWER, the text-independent
 lower backbone runs once per image and once per distinct prompt (cached across images), and only the fused upper
 part, the FPN and the head run per chunk, MODEL.FIBER.PROMPT.CHUNK_BATCH chunks at a time (chunked_inference.py).
+MODEL.FIBER.INFERENCE_DTYPE "bfloat16" / "float16" runs inference under autocast (evaluation and FiberPredictor
+included); anchors, box decoding, scores and NMS stay float32.
 
 Inputs (one dict per image, as `GroundingDatasetMapper` writes them): `image` [3, H, W] in INPUT.FORMAT, `height`,
 `width`; training: `input_ids` [T] and `instances` with `gt_boxes`, `gt_positive_map` [N, T]; inference: `prompts`
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from ..data.prompts import PromptChunk
 
 HeadOutputs = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
+# MODEL.FIBER.INFERENCE_DTYPE -> the autocast dtype of inference (float32: no autocast).
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @META_ARCH_REGISTRY.register()
@@ -68,10 +72,16 @@ class FiberGroundingDetector(nn.Module):
         reuse_lower: bool = True,
         chunk_batch: int = 1,
         text_cache_size: int = 64,
+        inference_dtype: str = "float32",
     ) -> None:
         super().__init__()
         if chunk_batch < 1:
             raise ValueError(f"MODEL.FIBER.PROMPT.CHUNK_BATCH must be >= 1, got {chunk_batch}")
+        if inference_dtype not in INFERENCE_DTYPES:
+            raise ValueError(
+                f"MODEL.FIBER.INFERENCE_DTYPE must be one of {sorted(INFERENCE_DTYPES)}, got {inference_dtype!r}"
+            )
+        self.inference_dtype = INFERENCE_DTYPES[inference_dtype]
         self.reuse_lower = reuse_lower
         self.chunk_batch = chunk_batch
         self.text_cache = TextStateCache(text_cache_size)
@@ -139,6 +149,7 @@ class FiberGroundingDetector(nn.Module):
             "reuse_lower": cfg.MODEL.FIBER.PROMPT.REUSE_LOWER,
             "chunk_batch": cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH,
             "text_cache_size": cfg.MODEL.FIBER.PROMPT.TEXT_CACHE_SIZE,
+            "inference_dtype": cfg.MODEL.FIBER.INFERENCE_DTYPE,
         }
 
     def train(self, mode: bool = True) -> FiberGroundingDetector:
@@ -223,10 +234,11 @@ class FiberGroundingDetector(nn.Module):
             )
         images = self.preprocess_image(batched_inputs)
         prompts = [x["prompts"] for x in batched_inputs]
-        if self.reuse_lower:
-            per_image = self.detect_reusing_lower(images, prompts)
-        else:
-            per_image = self.detect_chunk_by_chunk(images, prompts)
+        with self.inference_autocast():
+            if self.reuse_lower:
+                per_image = self.detect_reusing_lower(images, prompts)
+            else:
+                per_image = self.detect_chunk_by_chunk(images, prompts)
         results = []
         for x, chunks in zip(batched_inputs, per_image):
             merged = merge_chunk_detections(chunks, self.max_detections_per_image)
@@ -276,10 +288,15 @@ class FiberGroundingDetector(nn.Module):
             per_image.append(detections)
         return per_image
 
+    def inference_autocast(self) -> torch.autocast:
+        """Autocast to the inference dtype on the model's device (disabled for float32)."""
+        enabled = self.inference_dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.inference_dtype, enabled=enabled)
+
     def text_lower(self, input_ids: torch.Tensor) -> TextState:
         """One prompt's token ids [T] -> its text state below the fused layers [1, T, D], from the cache if there."""
         embeddings = self.backbone.bottom_up.text.model.embeddings.word_embeddings.weight
-        key = (tuple(input_ids.tolist()), embeddings.device, embeddings.dtype)
+        key = (tuple(input_ids.tolist()), embeddings.device, embeddings.dtype, self.inference_dtype)
 
         def compute() -> TextState:
             ids = input_ids.to(self.device).unsqueeze(0)
@@ -294,20 +311,21 @@ class FiberGroundingDetector(nn.Module):
         `image_size` (h, w, unpadded input): `postprocess_detections` with the test settings."""
         anchors, token_logits, box_deltas, centerness = outputs
         label_token_map = _pad_tokens(prompt.label_token_map.to(self.device), token_logits[0].shape[-1])
-        return postprocess_detections(
-            anchors,
-            [level[row] for level in token_logits],
-            [level[row] for level in box_deltas],
-            [level[row] for level in centerness],
-            label_token_map,
-            prompt.label_ids.to(self.device),
-            image_size,
-            self.box2box_transform,
-            score_thresh=self.score_thresh_test,
-            pre_nms_topk=self.pre_nms_topk_test,
-            nms_thresh=self.nms_thresh_test,
-            max_detections=self.max_detections_per_image,
-        )
+        with torch.autocast(self.device.type, enabled=False):  # scores and boxes in float32 whatever the head's dtype
+            return postprocess_detections(
+                anchors,
+                [level[row].float() for level in token_logits],
+                [level[row].float() for level in box_deltas],
+                [level[row].float() for level in centerness],
+                label_token_map,
+                prompt.label_ids.to(self.device),
+                image_size,
+                self.box2box_transform,
+                score_thresh=self.score_thresh_test,
+                pre_nms_topk=self.pre_nms_topk_test,
+                nms_thresh=self.nms_thresh_test,
+                max_detections=self.max_detections_per_image,
+            )
 
 
 def _pad_tokens(token_map: torch.Tensor, num_tokens: int) -> torch.Tensor:
