@@ -30,6 +30,7 @@ BENCHMARKS = {module.__name__.rsplit(".", 1)[-1]: module for module in MODULES}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per benchmark module, with its options."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(BENCHMARKS) + "}")
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one benchmark; its rows go to stdout as JSON lines. Exit status 2 and one line for a bad config."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s", force=True)
     stdout = sys.stdout

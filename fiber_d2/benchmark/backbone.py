@@ -157,6 +157,7 @@ def memory_in_fresh_process(*args) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `backbone`."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"backbone config (default {DEFAULT_CONFIG})")
     parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES),
                         help=f"comma-separated HEIGHTxWIDTH image sizes (default {DEFAULT_SIZES}); padded to a "
@@ -255,6 +256,7 @@ def memory_row(args: argparse.Namespace, model_name: str, divisor: int, device: 
 
 
 def gflops(flops: float) -> float:
+    """Flops -> GFLOPs, 3 decimals."""
     return round(flops / 1e9, 3)
 
 

@@ -81,6 +81,7 @@ def non_negative_int(text: str) -> int:
 
 
 def default_device() -> str:
+    """"cuda" when a GPU is available, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -117,7 +118,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_call(device: torch.device, function: Callable, *args):
+def timed_call(device: torch.device, function: Callable, *args) -> tuple[object, float]:
     """(function(*args), seconds), the device synchronised before and after."""
     synchronize(device)
     start = time.perf_counter()
@@ -143,10 +144,12 @@ def time_variants(variants: dict[str, Callable], inputs: tuple, repeats: int, wa
 
 
 def median_ms(seconds: Sequence[float]) -> float:
+    """The median of times in seconds, in ms."""
     return 1e3 * statistics.median(seconds)
 
 
 def rounded(value: float, digits: int = 4) -> float:
+    """`value` rounded for a row (4 decimals unless told)."""
     return round(value, digits)
 
 

@@ -43,6 +43,7 @@ def dyhead_level_shapes(size: tuple[int, int], strides: Sequence[int] = DCN_STRI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `dcn`."""
     parser.add_argument("--size", type=parse_size, default=(800, 1333), help="image HEIGHTxWIDTH (default 800x1333)")
     parser.add_argument("--channels", type=positive_int, default=256, help="DyHead channels (default 256, FIBER-B)")
     parser.add_argument("--offset-std", type=float, default=1.0, help="std of the random offsets, pixels (default 1)")

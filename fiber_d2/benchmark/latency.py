@@ -76,6 +76,7 @@ def grounding_dino_ids(chunk: PromptChunk, generator: torch.Generator) -> torch.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `latency`."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"detector config (default {DEFAULT_CONFIG}); "
                         "random weights (MODEL.WEIGHTS is not loaded)")
     parser.add_argument("--size", type=parse_size, default=(256, 320),
@@ -123,6 +124,7 @@ def under_autocast(device: torch.device, dtype_name: str, call: Callable[[], obj
 
 
 def parameter_count(model: torch.nn.Module) -> int:
+    """The number of parameters (weights) of a model."""
     return sum(parameter.numel() for parameter in model.parameters())
 
 

@@ -33,6 +33,7 @@ CHUNK_PARTS = ("text_lower", "upper", "fpn", "head")  # timed per chunk; the flo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `lvis`."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"detector config (default {DEFAULT_CONFIG}); "
                         "random weights (MODEL.WEIGHTS is not loaded)")
     parser.add_argument("--size", type=parse_size, default=(800, 1333), help="image HEIGHTxWIDTH (default 800x1333)")

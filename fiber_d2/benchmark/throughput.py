@@ -30,6 +30,7 @@ DEFAULT_CONFIG = "configs/fiber_shapes/fiber_tiny_grounding.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `throughput`."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help=f"detector config (default {DEFAULT_CONFIG}); "
                         "random weights (MODEL.WEIGHTS is not loaded)")
     parser.add_argument("--size", type=parse_size, default=(256, 320),

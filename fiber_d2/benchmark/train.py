@@ -41,6 +41,7 @@ DEFAULT_CONFIG = "configs/fiber_shapes/fiber_tiny_grounding_stage1.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `train`."""
     parser.add_argument("--config-file", default=DEFAULT_CONFIG,
                         help=f"training config (default {DEFAULT_CONFIG}); random init (MODEL.WEIGHTS is not loaded)")
     parser.add_argument("--iters", type=positive_int, default=20, help="timed steps per phase and model (default 20)")
