@@ -376,8 +376,10 @@ def test_train_rows_are_consistent(shapes_datasets):
     assert summary["ours_over_baseline_paired"] > 0 and summary["ours_over_baseline_cpu_paired"] > 0
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, datasets: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    if datasets:
+        env["DETECTRON2_DATASETS"] = str(datasets)
     return subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -398,3 +400,12 @@ def test_cli_config_error_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"benchmark.py: error: {config}: not valid YAML: while parsing a flow node expected the node content, but "
         f"found '<stream end>' in \"{config}\", line 3, column 1")
+
+
+def test_cli_missing_dataset_is_one_line(tmp_path):
+    proc = run_cli("train", "--config-file", TINY_STAGE1, "--iters", "1", "--warmup", "0", "--threads", "1",
+                   "--device", "cpu", datasets=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    annotations = tmp_path / "fiber_shapes" / "annotations" / "instances_colorshape_train.json"
+    last = proc.stderr.strip().splitlines()[-1]  # the dataset code words the rest; it names the dataset and the file
+    assert last.startswith("benchmark.py: error: dataset 'fiber_shapes_colorshape_train': ") and str(annotations) in last
