@@ -408,4 +408,5 @@ def test_cli_missing_dataset_is_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     annotations = tmp_path / "fiber_shapes" / "annotations" / "instances_colorshape_train.json"
     last = proc.stderr.strip().splitlines()[-1]  # the dataset code words the rest: it names the dataset and file
-    assert last.startswith("benchmark.py: error: dataset 'fiber_shapes_colorshape_train': ") and str(annotations) in last
+    assert last.startswith("benchmark.py: error: dataset 'fiber_shapes_colorshape_train': ")
+    assert str(annotations) in last
