@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
 from fiber_d2.modeling import deform_conv
-from fiber_d2.modeling.deform_conv import bilinear_corners, deform_conv_sampled, modulated_deform_conv
+from fiber_d2.modeling.deform_conv import (
+    bilinear_corners,
+    deform_conv_sampled,
+    deformed_positions,
+    modulated_deform_conv,
+)
 
 NAMES = ("x", "offset", "mask", "weight", "bias")
 
@@ -115,18 +120,18 @@ def test_no_bias_and_offset_views():
 
 
 def test_bilinear_corners_of_one_sample():
-    # One 1x1 output, 3x3 kernel, padding 1 on a 2x3 image: tap 4 (the centre) at (0, 0) moved by (0.25, 1.5) -> the
-    # sample (0.25, 1.5) blends pixels (0, 1), (0, 2), (1, 1), (1, 2); tap 0 at (-1, -1) moved by (-1, 0) -> (-2, -1):
-    # every corner outside, weight 0, indices clamped into the image.
-    offset = torch.zeros(1, 18, 1, 1)
-    offset[0, 8:10, 0, 0] = torch.tensor([0.25, 1.5])
-    offset[0, 0, 0, 0] = -1.0
-    mask = torch.full((1, 9, 1, 1), 0.5)
-    index, weight = bilinear_corners(offset, mask, 2, 3, (3, 3), stride=1, padding=1)
-    assert index.shape == weight.shape == (1, 9, 1, 1, 4)
-    assert index[0, 4, 0, 0].tolist() == [1, 2, 4, 5]
-    torch.testing.assert_close(weight[0, 4, 0, 0], 0.5 * torch.tensor([0.75 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.25 * 0.5]))
-    assert weight[0, 0, 0, 0].tolist() == [0.0] * 4 and 0 <= index[0, 0].min() and index[0, 0].max() < 6
+    # A 2x3 image. Sample 0 at (0.25, 1.5) blends pixels (0, 1), (0, 2), (1, 1), (1, 2); sample 1 at (-2, -1) has every
+    # corner outside: weight 0, indices clamped into the image. Image 1's rows start at 6.
+    position = torch.tensor([[[0.25, 1.5], [-2.0, -1.0]], [[1.0, 0.0], [0.0, 0.0]]])
+    mask = torch.full((2, 2), 0.5)
+    index, weight, _, valid = bilinear_corners(position, mask, 2, 3)
+    assert index.shape == weight.shape == (4, 4)
+    assert index[0].tolist() == [1, 2, 4, 5]
+    torch.testing.assert_close(weight[0], 0.5 * torch.tensor([0.75 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.25 * 0.5]))
+    assert weight[1].tolist() == [0.0] * 4 and 0 <= index[1].min() and index[1].max() < 6
+    assert valid[0, 1].tolist() == [[0.0, 0.0], [0.0, 1.0]]  # (y: rows -2, -1; x: columns -1, 0)
+    # Image 1, whole pixel (1, 0): weight on its own row 6 + 3; the corners below / right (outside) get 0.
+    assert index[2].tolist()[0] == 9 and weight[2].tolist() == [0.5, 0.0, 0.0, 0.0]
 
 
 def test_zero_offsets_and_unit_mask_are_a_plain_convolution():
@@ -151,8 +156,5 @@ def test_bfloat16_offsets_are_placed_at_float32_positions():
     # (bfloat16 spacing between 128 and 256 is 1). One output at x = 150 (3x1 kernel row, centre tap 1).
     offset = torch.zeros(1, 2, 1, 151, dtype=torch.bfloat16)
     offset[0, 1, 0, 150] = 0.25
-    mask = torch.ones(1, 1, 1, 151, dtype=torch.bfloat16)
-    index, weight = bilinear_corners(offset, mask, 1, 200, (1, 1), stride=1, padding=0)
-    assert weight.dtype == torch.float32
-    assert index[0, 0, 0, 150].tolist()[:2] == [150, 151]
-    torch.testing.assert_close(weight[0, 0, 0, 150], torch.tensor([0.75, 0.25, 0.0, 0.0]), rtol=0, atol=1e-6)
+    position = deformed_positions(offset, (1, 1), stride=1, padding=0)
+    assert position.dtype == torch.float32 and position[0, 0, 150, 0].tolist() == [0.0, 150.25]

@@ -2,17 +2,21 @@
 
 torchvision's `deform_conv2d` is exact but its CPU kernels (the backward pass above all) are slow: they made the
 DyHead most of a training step on 2 cores. On CPU, `deform_conv_sampled` splits the convolution into two parts:
-- a gather. Every (output position, kernel tap) sample is a bilinear blend of 4 input pixels. Their row indices in the
-  channels-last input [B*H*W, C] and their weights are computed once per sample. The mask is folded into the weights,
-  and a corner outside the image gets weight 0 (index clamped), which is the DCN kernels' rule. One
-  `F.embedding_bag(mode="sum")` call then blends whole C-rows: it gives the columns, one C-row per sample.
+- a gather (`BilinearSampling`). Every (output position, kernel tap) sample is a bilinear blend of 4 input pixels.
+  Their row indices in the channels-last input [B*H*W, C] and their weights are computed once per sample. The mask is
+  folded into the weights, and a corner outside the image gets weight 0 (index clamped), which is the DCN kernels'
+  rule. One `F.embedding_bag(mode="sum")` call then blends whole C-rows: it gives the columns, one C-row per sample.
 - a contraction of the columns with the weights. With autograd (training), the columns form a matrix
   [B*Ho*Wo, k*k*C] and the contraction is one matrix multiply. Without autograd (inference), the columns form an image
   [B, C, k*Ho, k*Wo] in which output (i, j) reads the k x k block at (k*i, k*j), and the contraction is a k x k
   convolution with stride k. oneDNN's convolution is about 1.25x faster than the matrix multiply there, but its
   weight gradient at stride k is about 4x slower, which is why training uses the matrix multiply.
-Autograd gives the gradients: the scatter of `embedding_bag`'s backward and two matrix multiplies. On GPU,
-torchvision's op is used. `modulated_deform_conv` picks the path. docs/BENCHMARKS.md (`dcn`) has the timings.
+The gather's backward is written out (`BilinearSampling.backward`): the input gradient is the transposed gather (the
+samples grouped by the input row they read, by a stable int32 sort, then one `embedding_bag` over the column
+gradients), and the sample weights' gradient gives the offsets' and the mask's through the bilinear formula, which at
+a whole-pixel position is the one-sided derivative of the DCN kernels (corners floor(p) and floor(p) + 1). On 2 CPU
+cores this is about 1.5x faster than autograd through `embedding_bag` and the weight formula. On GPU, torchvision's
+op is used. `modulated_deform_conv` picks the path. docs/BENCHMARKS.md (`dcn`) has the timings.
 """
 from __future__ import annotations
 
@@ -22,40 +26,89 @@ from torchvision.ops import deform_conv2d
 
 
 def bilinear_corners(
-    offset: torch.Tensor, mask: torch.Tensor, height: int, width: int, kernel: tuple[int, int], stride: int,
-    padding: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 4 bilinear corners of every deformed sample of a DCN over an input of height x width.
+    position: torch.Tensor, mask: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 4 bilinear corners of samples of an image batch of height x width (no autograd).
 
-    offset [B, 2*k*k, Ho, Wo] as (dy, dx) per tap (row-major); mask [B, k*k, Ho, Wo] ->
-    (index, weight), each [B, k*k, Ho, Wo, 4]. index: rows of the input as [B*H*W, C] (image b's rows start at
-    b*H*W); weight: the bilinear weight times the mask, 0 for a corner outside the image (its index is clamped).
-    Only `weight` carries gradients (to offset and mask).
+    position [B, S, 2] as (y, x) in pixels of image b; mask [B, S] -> index [B*S, 4]: rows of the input as
+    [B*H*W, C] (image b's rows start at b*H*W), corners (y0, x0), (y0, x1), (y1, x0), (y1, x1); weight [B*S, 4]: the
+    bilinear weight times the mask, 0 for a corner outside the image (its index is clamped); axis_weight and valid,
+    each [B, S, 2 (y, x), 2 (low, high corner)]: the per-axis weights and whether each corner lies in the image.
     """
+    batch, samples = mask.shape
+    device = position.device
+    low = position.floor()
+    fraction = position - low
+    corner = low.long().unsqueeze(-1) + torch.arange(2, device=device)  # [B, S, 2, 2]
+    size = torch.tensor([height, width], device=device).view(2, 1)
+    valid = ((corner >= 0) & (corner < size)).to(position.dtype)
+    axis_weight = torch.stack([1 - fraction, fraction], dim=-1) * valid
+    corner = torch.minimum(corner.clamp(min=0), size - 1)
+    index = corner[..., 0, :, None] * width + corner[..., 1, None, :]  # [B, S, 2, 2]
+    index = index.view(batch, samples, 4) + (torch.arange(batch, device=device) * (height * width)).view(batch, 1, 1)
+    weight = (axis_weight[..., 0, :, None] * axis_weight[..., 1, None, :]).view(batch, samples, 4) * mask[..., None]
+    return index.view(-1, 4), weight.view(-1, 4), axis_weight, valid
+
+
+class BilinearSampling(torch.autograd.Function):
+    """rows [B*H*W, C] (images of height x width, channels last), position [B, S, 2] (y, x), mask [B, S] ->
+    columns [B*S, C] = mask x the bilinear blend of each sample's 4 corners (0 outside the image)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, height: int, width: int):
+        index, weight, axis_weight, valid = bilinear_corners(position, mask, height, width)
+        ctx.save_for_backward(rows, index, weight, axis_weight, valid, mask)
+        return F.embedding_bag(index, rows, per_sample_weights=weight.to(rows.dtype), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, index, weight, axis_weight, valid, mask = ctx.saved_tensors
+        grad = grad.contiguous()
+        flat = index.view(-1)
+        grad_rows = grad_position = grad_mask = None
+        if ctx.needs_input_grad[0]:  # the transposed gather: each row sums the column gradients of its samples
+            order = torch.argsort(flat.int(), stable=True)  # int32: PyTorch's radix sort
+            counts = torch.bincount(flat, minlength=rows.shape[0])
+            sample_weights = weight.view(-1)[order].to(grad.dtype)
+            grad_rows = F.embedding_bag(order // 4, grad, counts.cumsum(0) - counts, per_sample_weights=sample_weights,
+                                        mode="sum")
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # d loss / d weight[n, c] = <grad[n], rows[index[n, c]]>, embedding_bag's own per-sample-weight gradient
+            bags = torch.arange(index.shape[0], device=flat.device)
+            corner_grad = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad, rows, flat, bags * 4, bags.repeat_interleave(4), 0, -1
+            )
+            corner_grad = corner_grad.to(weight.dtype).view(axis_weight.shape)  # [B, S, 2 (y corner), 2 (x corner)]
+            along_x = (corner_grad * axis_weight[..., 1, None, :]).sum(-1)  # [B, S, 2 (y corner)]
+            along_y = (corner_grad * axis_weight[..., 0, :, None]).sum(-2)  # [B, S, 2 (x corner)]
+            if ctx.needs_input_grad[2]:
+                grad_mask = (along_x * axis_weight[..., 0, :]).sum(-1)
+            if ctx.needs_input_grad[1]:  # d axis_weight / d fraction = (-valid_low, valid_high)
+                grad_position = torch.stack(
+                    [
+                        along_x[..., 1] * valid[..., 0, 1] - along_x[..., 0] * valid[..., 0, 0],
+                        along_y[..., 1] * valid[..., 1, 1] - along_y[..., 0] * valid[..., 1, 0],
+                    ],
+                    dim=-1,
+                ) * mask[..., None]
+        return grad_rows, grad_position, grad_mask, None, None
+
+
+def deformed_positions(offset: torch.Tensor, kernel: tuple[int, int], stride: int, padding: int) -> torch.Tensor:
+    """offset [B, 2*k*k, Ho, Wo] as (dy, dx) per tap (row-major) -> sample positions [B, Ho, Wo, k*k, 2] (y, x), in
+    float32 at least (under autocast too: a bfloat16 position 100 px from the origin would be 0.5 px coarse)."""
     batch, _, out_h, out_w = offset.shape
     kernel_h, kernel_w = kernel
     taps = kernel_h * kernel_w
     device = offset.device
     tap_y, tap_x = torch.meshgrid(torch.arange(kernel_h, device=device), torch.arange(kernel_w, device=device),
                                   indexing="ij")
-    grid_y = tap_y.reshape(taps, 1, 1) + (torch.arange(out_h, device=device) * stride - padding).view(1, out_h, 1)
-    grid_x = tap_x.reshape(taps, 1, 1) + (torch.arange(out_w, device=device) * stride - padding).view(1, 1, out_w)
-    undeformed = torch.stack(torch.broadcast_tensors(grid_y, grid_x), dim=1)  # [taps, 2, Ho, Wo] as (y, x)
-    # At least float32, under autocast too: a bfloat16 position 100 px from the origin would be 0.5 px coarse.
+    grid_y = tap_y.reshape(1, 1, taps) + (torch.arange(out_h, device=device) * stride - padding).view(out_h, 1, 1)
+    grid_x = tap_x.reshape(1, 1, taps) + (torch.arange(out_w, device=device) * stride - padding).view(1, out_w, 1)
+    undeformed = torch.stack(torch.broadcast_tensors(grid_y, grid_x), dim=-1)  # [Ho, Wo, taps, 2]
     dtype = torch.promote_types(offset.dtype, torch.float32)
-    position = offset.reshape(batch, taps, 2, out_h, out_w).to(dtype) + undeformed.to(dtype)
-    low = position.detach().floor()
-    fraction = position - low
-    # Per axis, the corners below and above the sample and their weights: [B, taps, 2 (y, x), Ho, Wo, 2].
-    corner = low.long().unsqueeze(-1) + torch.arange(2, device=device)
-    size = torch.tensor([height, width], device=device).view(2, 1, 1, 1)
-    axis_weight = torch.stack([1 - fraction, fraction], dim=-1) * ((corner >= 0) & (corner < size))
-    corner = torch.minimum(corner.clamp(min=0), size - 1)
-    index = corner[:, :, 0, ..., :, None] * width + corner[:, :, 1, ..., None, :]  # [B, taps, Ho, Wo, 2, 2]
-    index = index + (torch.arange(batch, device=device) * (height * width)).view(batch, 1, 1, 1, 1, 1)
-    weight = axis_weight[:, :, 0, ..., :, None] * axis_weight[:, :, 1, ..., None, :]
-    weight = weight * mask.reshape(batch, taps, out_h, out_w, 1, 1).to(dtype)
-    return index.view(batch, taps, out_h, out_w, 4), weight.view(batch, taps, out_h, out_w, 4)
+    offset = offset.reshape(batch, taps, 2, out_h, out_w).permute(0, 3, 4, 1, 2).to(dtype).contiguous()
+    return offset + undeformed.to(dtype)
 
 
 def deform_conv_sampled(
@@ -73,22 +126,20 @@ def deform_conv_sampled(
     batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
     out_h, out_w = offset.shape[-2:]
-    index, corner_weight = bilinear_corners(offset, mask, height, width, (kernel_h, kernel_w), stride, padding)
-    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, channels)
-    corner_weight = corner_weight.to(rows.dtype)  # the gather in the input's dtype (e.g. under autocast)
     with_autograd = torch.is_grad_enabled() and any(
         tensor is not None and tensor.requires_grad for tensor in (x, offset, mask, weight, bias)
     )
-    # Column order: (b, i, j, tap_y, tap_x) for the matrix, (b, i, tap_y, j, tap_x) for the image.
-    order = (0, 3, 4, 1, 2, 5) if with_autograd else (0, 3, 1, 4, 2, 5)
-    index, corner_weight = (
-        tensor.view(batch, kernel_h, kernel_w, out_h, out_w, 4).permute(order).reshape(-1, 4)
-        for tensor in (index, corner_weight)
-    )
-    columns = F.embedding_bag(index, rows, per_sample_weights=corner_weight, mode="sum")  # [B*Ho*Wo*k*k, C]
-    if not with_autograd:
+    position = deformed_positions(offset, (kernel_h, kernel_w), stride, padding)  # [B, Ho, Wo, taps, 2]
+    mask = mask.reshape(batch, kernel_h * kernel_w, out_h, out_w).permute(0, 2, 3, 1).to(position.dtype)
+    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, channels)
+    if not with_autograd:  # column image order (b, i, tap_y, j, tap_x)
+        position = position.reshape(batch, out_h, out_w, kernel_h, kernel_w, 2).transpose(2, 3)
+        mask = mask.reshape(batch, out_h, out_w, kernel_h, kernel_w).transpose(2, 3)
+        columns = BilinearSampling.apply(rows, position.reshape(batch, -1, 2), mask.reshape(batch, -1), height, width)
         image = columns.view(batch, out_h * kernel_h, out_w * kernel_w, channels).permute(0, 3, 1, 2)
         return F.conv2d(image, weight, bias, stride=(kernel_h, kernel_w)).contiguous()
+    # Matrix order (b, i, j, tap_y, tap_x): one row of k*k*C columns per output position.
+    columns = BilinearSampling.apply(rows, position.reshape(batch, -1, 2), mask.reshape(batch, -1), height, width)
     matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, -1).t()  # [(tap_y, tap_x, c), C']
     columns = columns.view(batch * out_h * out_w, -1)
     out = columns @ matrix if bias is None else torch.addmm(bias, columns, matrix)
