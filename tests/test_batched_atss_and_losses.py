@@ -1,4 +1,5 @@
-"""The batched ATSS assignment and grounding losses equal the image-by-image loop versions they replaced.
+"""The batched ATSS assignment and grounding losses equal the image-by-image loop versions they replaced, and the
+token focal loss equals torchvision's.
 
 The references below are the previous implementations (one image at a time, positives gathered with nonzero), kept
 here only as the yardstick: assignments must be identical, losses and their gradients equal to float rounding, on
@@ -14,7 +15,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from fiber_d2.modeling.atss import INSIDE_MARGIN, ATSSMatcher
-from fiber_d2.modeling.grounding_loss import centerness_targets, grounding_losses, pad_targets
+from fiber_d2.modeling.grounding_loss import centerness_targets, grounding_losses, pad_targets, token_focal_loss
 
 TRANSFORM = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
 
@@ -184,3 +185,23 @@ def test_pad_targets_layout():
     assert boxes.tolist() == [[[1.0, 2.0, 3.0, 4.0]], [[0.0, 0.0, 0.0, 0.0]]]
     assert valid.tolist() == [[True], [False]]
     assert maps.tolist() == [[[True, False, False]], [[False, False, False]]]
+
+
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+def test_token_focal_loss_equals_torchvision_with_its_gradient(alpha):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 50, 7, generator=generator, dtype=torch.float64) * 4
+    logits[0, 0, :4] = torch.tensor([50000.0, -50000.0, 30.0, -30.0])  # the head's clamp and beyond softplus's switch
+    targets = torch.rand(2, 50, 7, generator=generator) < 0.2
+    targets[0, 0, :4] = torch.tensor([False, True, False, True])
+    text_mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    ours_logits, reference_logits = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = token_focal_loss(ours_logits, targets, text_mask, alpha, 2.0)
+    reference = (sigmoid_focal_loss(reference_logits, targets.double(), alpha=alpha, gamma=2.0, reduction="none")
+                 * text_mask[:, None].double()).sum()
+    assert ours.item() > 4e4  # the two saturated wrong logits: 50000 x (0.75 + 0.25), or x 2 without alpha
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=0)
+    ours.backward()
+    reference.backward()
+    torch.testing.assert_close(ours_logits.grad, reference_logits.grad, rtol=1e-10, atol=1e-12)
+    assert not ours_logits.grad[1, :, 4:].any()  # padding tokens

@@ -195,9 +195,9 @@ class DyHeadLayer(nn.Module):
             if level < len(features) - 1:
                 coarser = self.convs[0](features[level + 1], offset, mask)
                 branches.append(F.interpolate(coarser, size=feature.shape[-2:], mode="bilinear", align_corners=True))
-            stacked = torch.stack(branches)  # [n_branches, B, C, H, W]
-            attention = hard_sigmoid(torch.stack([self.scale_attention(branch) for branch in branches]))
-            outputs.append(self.dyrelu((stacked * attention).mean(dim=0)))
+            # The mean of the branches, each weighted by its scale attention [B, 1, 1, 1].
+            mixed = sum(branch * hard_sigmoid(self.scale_attention(branch)) for branch in branches) / len(branches)
+            outputs.append(self.dyrelu(mixed))
         return outputs
 
 
