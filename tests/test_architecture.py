@@ -355,3 +355,13 @@ def test_missing_config_file_and_bad_overrides_are_one_line(tmp_path):
         with pytest.raises(ConfigError) as error:
             load_fiber_config(*args)
         assert str(error.value) == message
+
+
+def test_error_line_gives_a_loader_worker_error_its_own_message():
+    from fiber_d2.engine.cli import error_line
+
+    worker = ("Caught ImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+              '  File "x.py", line 1, in f\n    g()\nfiber_d2.data.image_io.ImageError: dataset \'d\', file a.jpg, '
+              "image_id 2: not an image")
+    assert error_line(ValueError(worker)) == "dataset 'd', file a.jpg, image_id 2: not an image"
+    assert error_line(ValueError("two\n  lines")) == "two lines"

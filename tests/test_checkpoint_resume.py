@@ -170,3 +170,17 @@ def test_resume_without_any_readable_checkpoint_fails_in_one_line(tmp_path):
     with pytest.raises(UnreadableCheckpointError, match=r"cannot resume: no readable checkpoint in .*is empty") as info:
         FiberCheckpointer(model_with(0.0), str(tmp_path)).resume_or_load("", resume=True)
     assert "\n" not in str(info.value)
+
+
+def test_a_record_the_mapper_drops_is_replaced_by_the_next_one():
+    """DATASETS.ON_BAD_RECORD skip makes a mapper return None; the loader then takes the next record (Detectron2
+    0.6's MapDataset fallback raises TypeError on Python 3.11)."""
+    def mapper(record):
+        return None if record["image_id"] in (4, 5) else record["image_id"]
+
+    loader = ResumableTrainLoader(records(), mapper, 3, aspect_ratio_grouping=False, num_workers=0, seed=5)
+    assert [loader.dataset[i] for i in (3, 4, 5, 12)] == [3, 6, 6, 12]
+    batches = take(iter(loader), 10)
+    assert all(4 not in batch and 5 not in batch for batch in batches) and all(len(b) == 3 for b in batches)
+    with pytest.raises(RuntimeError, match="the mapper dropped all 13 training records"):
+        ResumableTrainLoader(records(), lambda r: None, 3, False, num_workers=0, seed=5).dataset[0]

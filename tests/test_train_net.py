@@ -5,6 +5,7 @@ trains with no code; config errors end in one line."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,18 @@ def test_missing_dataset_is_named_without_a_traceback(tmp_path):
     expected = tmp_path / "empty" / "fiber_shapes" / "annotations" / "instances_colorshape_train.json"
     assert f"train_net.py: error: dataset 'fiber_shapes_colorshape_train': annotation file not found: {expected}" in log
     assert "Traceback" not in log
+
+
+def test_a_corrupt_training_image_is_named_in_one_line_from_a_loader_worker(datasets_root, tmp_path):
+    shutil.copytree(datasets_root / "fiber_shapes", tmp_path / "fiber_shapes")
+    for bad in (tmp_path / "fiber_shapes" / "images" / "train").glob("*.jpg"):  # whatever the data order
+        bad.write_bytes(b"not an image at all")
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, "DATALOADER.NUM_WORKERS",
+                "1", "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path / "out"], tmp_path,
+               expect_success=False)
+    (line,) = [line for line in log.splitlines() if line.startswith("train_net.py: error: ")]
+    assert re.fullmatch(r"train_net.py: error: dataset 'fiber_shapes_\w+_train', file .*/images/train/\d+\.jpg, "
+                        r"image_id \d+: not an image format PIL can read \(corrupt or unknown\)", line), line
 
 
 def test_config_errors_end_in_one_line(tmp_path):

@@ -26,21 +26,13 @@ from fiber_d2.config import ConfigError
 from fiber_d2.data import PromptError
 from fiber_d2.data.datasets import DatasetFormatError
 from fiber_d2.data.image_io import ImageError
+from fiber_d2.engine.cli import error_line
 
 PROG = "benchmark.py"
 # Bad input (options, config, dataset files): one line naming what and where, no traceback.
 ONE_LINE_ERRORS = (BenchmarkError, ConfigError, FileNotFoundError, DatasetFormatError, ImageError, PromptError)
 MODULES = (backbone, dcn, lvis, throughput, latency, train)
 BENCHMARKS = {module.__name__.rsplit(".", 1)[-1]: module for module in MODULES}
-
-
-def error_line(error: Exception) -> str:
-    """The message of `error` on one line; for one re-raised from a data-loader worker (PyTorch puts the worker's
-    traceback in the message), the worker's own message: its last line, without the exception class."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and "Original Traceback" in lines[0]:
-        return lines[-1].split(": ", 1)[-1]
-    return " ".join(" ".join(lines).split())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,11 +18,31 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
-from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
+
+
+class NextOnSkipDataset(torch.utils.data.Dataset):
+    """`mapper(records[i])`; a record the mapper drops (None: DATASETS.ON_BAD_RECORD skip) is replaced by the next
+    record that maps, so the batches stay deterministic and resumable. (Detectron2 0.6's MapDataset would draw a
+    random replacement with `random.sample` from a set, which Python 3.11 refuses.)"""
+
+    def __init__(self, records: Sequence[dict], mapper: Callable[[dict], Any]) -> None:
+        self.records = records
+        self.mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Any:
+        for offset in range(len(self.records)):
+            mapped = self.mapper(self.records[(index + offset) % len(self.records)])
+            if mapped is not None:
+                return mapped
+        raise RuntimeError(f"the mapper dropped all {len(self.records)} training records")
 
 
 class ResumableBatchSampler:
@@ -93,7 +113,7 @@ class ResumableTrainLoader:
         group_ids = [_aspect_group(record) for record in dataset] if aspect_ratio_grouping else None
         seed = comm.shared_random_seed() if seed is None else seed  # as TrainingSampler chooses its seed
         self.batch_sampler = ResumableBatchSampler(len(dataset), total_batch_size // world_size, group_ids, seed)
-        self.dataset = MapDataset(DatasetFromList(dataset, copy=False), mapper)
+        self.dataset = NextOnSkipDataset(DatasetFromList(dataset, copy=False), mapper)
         self.num_workers = num_workers
         self._state = self.batch_sampler.start
         self._started = False

@@ -27,13 +27,17 @@ from fiber_d2.config import ConfigError, load_fiber_config
 from fiber_d2.data import PromptError
 from fiber_d2.data.datasets import DatasetFormatError
 from fiber_d2.data.datasets.from_config import register_datasets_from_config
+from fiber_d2.data.image_io import ImageError
+from fiber_d2.engine.cli import error_line
 from fiber_d2.engine import launch
 from fiber_d2.engine.trainer import Trainer
 from fiber_d2.evaluation.results import ResultsFileError
 
-# Errors whose message names what is wrong (config, dataset, prompt, weights file, results file): printed in one line.
+# Errors whose message names what is wrong (config, dataset, image, prompt, weights file, results file): printed in
+# one line.
 ONE_LINE_ERRORS = (
-    ConfigError, FileNotFoundError, DatasetFormatError, PromptError, CheckpointLayoutError, ResultsFileError
+    ConfigError, FileNotFoundError, DatasetFormatError, ImageError, PromptError, CheckpointLayoutError,
+    ResultsFileError,
 )
 
 
@@ -71,4 +75,4 @@ if __name__ == "__main__":
             args=(args,),
         )
     except ONE_LINE_ERRORS as e:
-        sys.exit(f"train_net.py: error: {e}")
+        sys.exit(f"train_net.py: error: {error_line(e)}")
