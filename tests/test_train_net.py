@@ -3,6 +3,7 @@
 closed-vocabulary baseline still trains through Detectron2's own loaders; a COCO-format dataset named in a config
 trains with no code; config errors end in one line."""
 import json
+import math
 import os
 import re
 import shutil
@@ -263,3 +264,13 @@ def test_coarse_stage_hook_interleaves_with_the_fine_stage(datasets_root, tmp_pa
     assert not (tmp_path / "model_coarse_final.pth").exists()
     hook_state = torch.load(tmp_path / "model_final.pth", weights_only=False)["trainer"]["hooks"]["CoarseStageHook"]
     assert hook_state["iteration"] == 2  # the hook's state is in the trainer's checkpoint
+
+
+def test_amp_training_runs_on_cpu_in_bfloat16(datasets_root, tmp_path):
+    """SOLVER.AMP.ENABLED on a CPU: the Trainer steps with FiberAMPTrainer (Detectron2 0.6's AMPTrainer needs CUDA)."""
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, "SOLVER.AMP.ENABLED",
+                "True", "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "OUTPUT_DIR",
+                tmp_path], datasets_root)
+    losses = [m["total_loss"] for m in _metrics(tmp_path) if "total_loss" in m]
+    assert losses and all(math.isfinite(loss) for loss in losses), log[-2000:]
+    assert (tmp_path / "model_final.pth").is_file()

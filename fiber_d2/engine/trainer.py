@@ -20,6 +20,7 @@ from ..data.loaders import build_test_loader, build_train_loader
 from ..evaluation import build_evaluator, save_results_json
 from ..evaluation.results import check_results_file
 from ..solver import build_optimizer
+from .amp import FiberAMPTrainer, amp_precision
 from .coarse_hook import CoarseStageHook
 from .train_state import TrainingStateHook, preserved_rng_state
 
@@ -37,6 +38,9 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         check_results_file(results_path(cfg))  # a results file that cannot be merged into fails now, not at the end
         super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:  # Detectron2 0.6's AMPTrainer autocasts to CUDA float16 only
+            step = self._trainer
+            self._trainer = FiberAMPTrainer(step.model, step.data_loader, step.optimizer, amp_precision(cfg))
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the checkpoint hook gets ours
