@@ -28,7 +28,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from .datasets.errors import check_on_bad_record
-from .image_io import ImageError, describe_record, read_record_image
+from .image_io import describe_record, read_record_image_or_skip
 from .phrases import grounding_phrases, phrase_annotation_indices
 from .positive_map import PromptError, char_spans_to_token_map, encode_prompt, encode_prompt_with_cut
 from .prompts import PromptChunk, caption_chunk, clean_category_name, training_detection_prompt, vocabulary_chunks
@@ -195,12 +195,9 @@ class GroundingDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict | None:
         record = dict(dataset_dict)  # read_record_image may add width/height; nothing nested is modified
         where = self._where(record)
-        try:
-            image = read_record_image(record, self.image_format, where)
-        except ImageError as e:
-            if not self.is_train or self.on_bad_record == "raise":
-                raise
-            logger.warning("Skipping a bad record: %s", e)
+        skip = self.is_train and self.on_bad_record == "skip"
+        image = read_record_image_or_skip(record, self.image_format, where, skip)
+        if image is None:
             return None
         is_grounding = "caption" in record
 

@@ -92,6 +92,18 @@ def read_record_image(record: dict, format: str, where: str) -> np.ndarray:
     return image
 
 
+def read_record_image_or_skip(record: dict, format: str, where: str, skip: bool) -> np.ndarray | None:
+    """`read_record_image`; with `skip` (training under DATASETS.ON_BAD_RECORD skip), an unusable image is logged as
+    a warning naming the record and None is returned (the loader then takes the next record)."""
+    try:
+        return read_record_image(record, format, where)
+    except ImageError as e:
+        if not skip:
+            raise
+        logger.warning("Skipping a bad record: %s", e)
+        return None
+
+
 def check_image_files(records: Sequence[dict], on_bad_record: str = "raise") -> list[dict]:
     """The records whose `file_name` is a non-empty file (one `os.stat` each, no decoding).
 

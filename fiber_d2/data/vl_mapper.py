@@ -33,7 +33,7 @@ from PIL import Image
 
 from .datasets.errors import check_on_bad_record
 from .grounding_mapper import swap_left_right
-from .image_io import ImageError, describe_record, read_record_image
+from .image_io import describe_record, read_record_image_or_skip
 from .positive_map import encode_prompt
 from .tokenizer import load_tokenizer
 from .vqa_answers import normalize_vqa_answer, vqa_soft_score
@@ -231,12 +231,9 @@ class VLDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict | None:
         record = dict(dataset_dict)  # read_record_image may add width/height; nothing nested is modified
         where = _where(record)
-        try:
-            image = read_record_image(record, self.image_format, where)
-        except ImageError as e:
-            if not self.is_train or self.on_bad_record == "raise":
-                raise
-            logger.warning("Skipping a bad record: %s", e)
+        skip = self.is_train and self.on_bad_record == "skip"
+        image = read_record_image_or_skip(record, self.image_format, where, skip)
+        if image is None:
             return None
         image, flip = self._transform_image(image)
         out = {

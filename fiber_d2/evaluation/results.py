@@ -11,8 +11,9 @@ import fcntl
 import json
 import math
 import os
-import uuid
 from typing import Iterator, Mapping
+
+from ..checkpoint.checkpointer import write_atomically
 
 
 class ResultsFileError(ValueError):
@@ -39,17 +40,7 @@ def save_results_json(results: Mapping[str, Mapping], path: str) -> dict:
     with _locked(path + ".lock"):
         merged = _read(path)
         merged.update({str(name): _finite_or_none(value) for name, value in results.items()})
-        temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(temporary, "x") as f:
-                json.dump(merged, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+        write_atomically(path, lambda f: f.write(json.dumps(merged, indent=2, sort_keys=True).encode("utf-8")))
     return merged
 
 
