@@ -18,8 +18,8 @@ from fiber_d2.engine.amp import FiberAMPTrainer, amp_precision
 from fiber_d2.model_zoo import get_config_file
 from fiber_d2.solver import build_optimizer
 
-# bfloat16 / float16 inference agrees with float32 when at least this share of float32's top-100 detections (over the test's
-# images; at least 90% in every image) has a bfloat16 detection of the same label at IoU >= 0.9.
+# bfloat16 / float16 inference agrees with float32 when at least this share of float32's top-100 detections (over
+# the test's images; at least 90% in every image) has a low-precision detection of the same label at IoU >= 0.9.
 TOP_K, MIN_IOU, MIN_AGREEMENT = 100, 0.9, 0.95
 
 NAMES = ["red circle", "blue square", "green star", "white triangle", "black cross", "yellow hexagon"]

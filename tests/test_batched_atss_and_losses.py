@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss

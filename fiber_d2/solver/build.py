@@ -1,8 +1,9 @@
 """Optimizers selected by `SOLVER.OPTIMIZER`, with per-parameter lr factors from `SOLVER.LR_MULTIPLIERS`.
 
-The optimizers use PyTorch's fused kernels (one kernel per parameter group instead of about ten per parameter) when every
-trainable parameter is a floating-point tensor on the CPU or a CUDA device; the results equal the per-parameter loop to
-float rounding. On a 2-core CPU the per-parameter loop was about a fifth of a FIBER-tiny training step's operations."""
+The optimizers use PyTorch's fused kernels (one kernel per parameter group instead of about ten per parameter) when
+every trainable parameter is a floating-point tensor on the CPU or a CUDA device; the results equal the per-parameter
+loop to float rounding. On a 2-core CPU the per-parameter loop was about a fifth of a FIBER-tiny training step's
+operations."""
 from __future__ import annotations
 
 import re
