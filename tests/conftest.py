@@ -1,4 +1,5 @@
-"""Fixtures shared by the evaluator tests: throw-away dataset registrations and a simulated 2-process gather."""
+"""Shared fixtures: throw-away dataset registrations, a simulated 2-process gather, and the small colour-shape
+tokenizer of the detector tests (`tokenizer_dir`; a test module may define its own)."""
 from __future__ import annotations
 
 import uuid
@@ -6,6 +7,8 @@ import uuid
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
+
+from fiber_d2.data.tokenizer import train_roberta_bpe_tokenizer
 
 
 @pytest.fixture
@@ -51,3 +54,11 @@ class TwoProcesses:
 @pytest.fixture
 def two_processes(monkeypatch):
     return TwoProcesses(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    colours = ["red", "blue", "green", "white", "black", "yellow", "orange", "purple"]
+    shapes = ["circle", "square", "star", "triangle", "cross", "hexagon"]
+    texts = [f"a {c} {s}. the {s} left of the {c} one" for c in colours for s in shapes] * 3
+    return str(train_roberta_bpe_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=400))

@@ -11,20 +11,12 @@ from detectron2.structures import Boxes, Instances
 
 from fiber_d2.config import add_fiber_config
 from fiber_d2.data.prompts import vocabulary_chunks
-from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
+from fiber_d2.data.tokenizer import load_tokenizer
 from fiber_d2.engine.predictor import FiberPredictor
 from fiber_d2.model_zoo import get_config_file
 from fiber_d2.modeling.backbone import FiberFPN
 
 NAMES = ["red circle", "blue square", "green star", "white triangle", "black cross", "yellow hexagon"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    colours = ["red", "blue", "green", "white", "black", "yellow", "orange", "purple"]
-    shapes = ["circle", "square", "star", "triangle", "cross", "hexagon"]
-    texts = [f"a {c} {s}. the {s} left of the {c} one" for c in colours for s in shapes] * 3
-    return str(train_roberta_bpe_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=400))
 
 
 def micro_cfg(tokenizer_dir: str, **overrides):

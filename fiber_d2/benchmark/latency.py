@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +16,6 @@ from detectron2.structures import ImageList
 from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
 
 from ..data.prompts import PromptChunk
-from ..engine.predictor import FiberPredictor
 from .common import (
     Emit,
     add_run_options,
@@ -31,7 +29,7 @@ from .common import (
     set_threads,
     time_variants,
 )
-from .vocabularies import names_tokenizer, shapes_names
+from .vocabularies import shapes_predictor
 
 HELP = "our detector vs HF Grounding DINO (random init, same size and tokens), fp32 and bf16"
 DEFAULT_CONFIG = "configs/fiber_shapes/fiber_tiny_grounding.yaml"
@@ -135,11 +133,7 @@ def run(args: argparse.Namespace, emit: Emit) -> None:
     threads = set_threads(args.threads)
     device = torch.device(args.device)
     cfg = load_config(args.config_file, args.opts, args.device)
-    names = shapes_names()
-    with tempfile.TemporaryDirectory() as workdir:
-        cfg.MODEL.FIBER.TOKENIZER, tokenizer_name = names_tokenizer(cfg, names, args.names_tokenizer, workdir,
-                                                                    "FIBER-Shapes colour+shape")
-        predictor = FiberPredictor(cfg)
+    predictor, names, tokenizer_name = shapes_predictor(cfg, args.names_tokenizer)
     model = predictor.model
     chunks = predictor.prompt_chunks(names)
     generator = torch.Generator().manual_seed(args.seed)

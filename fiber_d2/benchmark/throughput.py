@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..engine.predictor import FiberPredictor
 from .common import (
     Emit,
     add_run_options,
@@ -23,7 +21,7 @@ from .common import (
     set_threads,
     timed_call,
 )
-from .vocabularies import names_tokenizer, shapes_names
+from .vocabularies import shapes_predictor
 
 HELP = "images/s of the predictor in batches of 1 vs 4 (tiny model)"
 DEFAULT_CONFIG = "configs/fiber_shapes/fiber_tiny_grounding.yaml"
@@ -51,11 +49,7 @@ def run(args: argparse.Namespace, emit: Emit) -> None:
     threads = set_threads(args.threads)
     device = torch.device(args.device)
     cfg = load_config(args.config_file, args.opts, args.device)
-    names = shapes_names()
-    with tempfile.TemporaryDirectory() as workdir:
-        cfg.MODEL.FIBER.TOKENIZER, tokenizer_name = names_tokenizer(cfg, names, args.names_tokenizer, workdir,
-                                                                    "FIBER-Shapes colour+shape")
-        predictor = FiberPredictor(cfg)  # reads the tokenizer now; random weights
+    predictor, names, tokenizer_name = shapes_predictor(cfg, args.names_tokenizer)
     chunks = predictor.prompt_chunks(names)
     height, width = args.size
     generator = np.random.default_rng(args.seed)

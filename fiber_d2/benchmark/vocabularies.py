@@ -3,6 +3,7 @@ config's MODEL.FIBER.TOKENIZER is absent (random-weight models need no particula
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Sequence
 
 from detectron2.config import CfgNode
@@ -11,6 +12,7 @@ from detectron2.data.datasets.lvis import get_lvis_instances_meta
 from ..data.prompts import clean_category_name
 from ..data.shapes.vocabulary import colorshape_categories
 from ..data.tokenizer import resolve_path, train_roberta_bpe_tokenizer
+from ..engine.predictor import FiberPredictor
 from .common import logger
 
 
@@ -37,3 +39,14 @@ def names_tokenizer(cfg: CfgNode, names: Sequence[str], train_on_names: bool, wo
     logger.info("tokenizer: a byte-level BPE (vocabulary <= %d) trained on the %s names", vocab_size, vocabulary)
     directory = train_roberta_bpe_tokenizer(names, workdir, vocab_size=vocab_size, min_frequency=1)
     return str(directory), f"byte-level BPE trained on the {vocabulary} names (vocab <= {vocab_size})"
+
+
+def shapes_predictor(cfg: CfgNode, train_on_names: bool) -> tuple[FiberPredictor, list[str], str]:
+    """(random-weight FiberPredictor of `cfg`, the 48 FIBER-Shapes names, tokenizer description): the predictor
+    reads `names_tokenizer`'s tokenizer (MODEL.FIBER.TOKENIZER is set to it) when it is built."""
+    names = shapes_names()
+    with tempfile.TemporaryDirectory() as workdir:
+        cfg.MODEL.FIBER.TOKENIZER, tokenizer_name = names_tokenizer(cfg, names, train_on_names, workdir,
+                                                                    "FIBER-Shapes colour+shape")
+        predictor = FiberPredictor(cfg)
+    return predictor, names, tokenizer_name
