@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_grounding_detector import image, micro_model, open_gates, tokenizer_dir  # noqa: F401 (fixture)
+from test_grounding_detector import image, micro_model, open_gates
 
 from fiber_d2.data.prompts import vocabulary_chunks
 from fiber_d2.data.tokenizer import load_tokenizer

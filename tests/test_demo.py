@@ -16,7 +16,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
-from test_grounding_detector import micro_cfg, micro_model, open_gates, tokenizer_dir  # noqa: F401 (a fixture)
+from test_grounding_detector import micro_cfg, micro_model, open_gates
 
 from fiber_d2.data.image_io import read_image
 from fiber_d2.engine.predictor import FiberPredictor

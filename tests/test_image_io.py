@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.data.detection_utils import read_image as detectron2_read_image
 from PIL import Image
-from test_grounding_detector import micro_cfg, tokenizer_dir  # noqa: F401 (a fixture)
+from test_grounding_detector import micro_cfg
 
 from fiber_d2.data.build import (
     build_grounding_test_loader,

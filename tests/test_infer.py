@@ -18,7 +18,7 @@ from detectron2.config import get_cfg
 from detectron2.data.datasets.lvis import get_lvis_instances_meta
 from detectron2.data.detection_utils import read_image
 from PIL import Image
-from test_grounding_detector import micro_cfg, micro_model, open_gates, tokenizer_dir  # noqa: F401 (a fixture)
+from test_grounding_detector import micro_cfg, micro_model, open_gates
 
 from fiber_d2.config import add_fiber_config
 from fiber_d2.data.prompts import clean_category_name

@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.structures import pairwise_iou
 from PIL import Image
-from test_grounding_detector import micro_cfg, micro_model, open_gates, tokenizer_dir  # noqa: F401 (a fixture)
+from test_grounding_detector import micro_cfg, micro_model, open_gates
 
 from fiber_d2.data.grounding_mapper import GroundingDatasetMapper
 from fiber_d2.data.image_io import ImageError
