@@ -178,3 +178,42 @@ def test_bad_weights_files_end_in_one_line_naming_the_file(tmp_path, kind, error
     with pytest.raises(error, match=message) as info:
         FiberCheckpointer(tiny_model()).load(str(path))
     _assert_one_line_naming(info.value, path)
+
+
+class _ToyDetector(nn.Module):
+    """A grounding detector's layout: the FiberBackbone under backbone.bottom_up, an FPN beside it, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.bottom_up = nn.Linear(3, 4)
+        self.backbone.fpn_lateral3 = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+
+class _ToyCoarseModel(nn.Module):
+    """A coarse model's layout: the FiberBackbone as backbone, its own heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(3, 4)
+        self.itm_head = nn.Linear(4, 2)
+
+
+def test_detector_weights_start_a_coarse_model_with_the_detector_backbone(tmp_path):
+    torch.manual_seed(0)
+    detector = _ToyDetector()
+    path = str(tmp_path / "detector.pth")
+    torch.save({"model": detector.state_dict()}, path)
+    coarse = _ToyCoarseModel()
+    head_before = coarse.itm_head.weight.detach().clone()
+    incompatible = FiberCheckpointer(coarse).load(path)
+    assert torch.equal(coarse.backbone.weight, detector.backbone.bottom_up.weight)
+    assert torch.equal(coarse.backbone.bias, detector.backbone.bottom_up.bias)
+    assert torch.equal(coarse.itm_head.weight, head_before)  # the detector's head is not the coarse model's
+    assert incompatible == {}  # no checkpointables asked for
+
+    other = _ToyDetector()  # a detector loading a detector's file is untouched by the renaming
+    FiberCheckpointer(other).load(path)
+    for name, value in detector.state_dict().items():
+        assert torch.equal(other.state_dict()[name], value), name

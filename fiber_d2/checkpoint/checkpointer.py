@@ -7,6 +7,9 @@
   of another shape), loading raises CheckpointLayoutError naming the file and the share missing, and for an official
   FIBER checkpoint the converter command.
 - Saving cannot be half done: a checkpoint and `last_checkpoint` are written to a temporary file, synced and renamed.
+- A detector's backbone starts a coarse model: a file whose FiberBackbone sits under `backbone.bottom_up.` (the
+  detector's FPN holds it there) loaded into a model that holds it as `backbone.` (the coarse models) gives that
+  model its backbone; the detector's FPN and head are left out (logged).
 - Resuming falls back: when the file `last_checkpoint` names is missing, empty or unreadable (or `last_checkpoint`
   is empty), the newest readable checkpoint in the directory is used, with a warning saying so.
 """
@@ -32,6 +35,7 @@ from .io import (
 )
 
 CONVERTER = "tools/convert_fiber_checkpoint.py"
+DETECTOR_BACKBONE = "backbone.bottom_up."  # where a grounding detector (FiberFPN) holds its FiberBackbone
 
 
 class FiberCheckpointer(DetectionCheckpointer):
@@ -101,9 +105,10 @@ class FiberCheckpointer(DetectionCheckpointer):
             if not isinstance(value, (torch.Tensor, np.ndarray)):
                 kind = type(value).__name__
                 raise CheckpointLayoutError(f"{path}: entry {key!r} of its weights is a {kind}, not a tensor")
+        model_keys = list(self.model.state_dict())
+        weights = checkpoint["model"] = detector_backbone_for(weights, model_keys, self.logger, path)
         file_keys = list(weights)
         incompatible = super()._load_model(checkpoint)
-        model_keys = list(self.model.state_dict())
         shapes = [key for key, _, _ in incompatible.incorrect_shapes]  # also among missing_keys: not loaded
         missing = list(dict.fromkeys([*shapes, *incompatible.missing_keys]))
         if model_keys and len(missing) > self.max_missing * len(model_keys):
@@ -171,6 +176,20 @@ class FiberCheckpointer(DetectionCheckpointer):
 
 
 _OFFICIAL_PREFIXES = tuple(prefix for prefixes in STAGE_MARKERS.values() for prefix in prefixes)
+
+
+def detector_backbone_for(weights: dict, model_keys: list[str], logger: Any, path: str) -> dict:
+    """`weights` as they are, or, for a detector's weights (FiberBackbone under `backbone.bottom_up.`) loaded into a
+    model holding its FiberBackbone as `backbone.` (a coarse model), only the backbone's entries, renamed."""
+    if any(key.startswith(DETECTOR_BACKBONE) for key in model_keys):
+        return weights
+    if not any(key.startswith(DETECTOR_BACKBONE) for key in weights):
+        return weights
+    backbone = {"backbone." + key[len(DETECTOR_BACKBONE):]: value for key, value in weights.items()
+                if key.startswith(DETECTOR_BACKBONE)}
+    logger.info("%s: a detector's weights: loading its backbone (%d of %d tensors), leaving out its FPN and head",
+                path, len(backbone), len(weights))
+    return backbone
 
 
 def _official_keys(keys: list) -> bool:
