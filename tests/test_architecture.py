@@ -40,6 +40,12 @@ LAYERS = {
     "engine": 4,
     "benchmark": 5,
 }
+# Inside a layer, its subpackages ranked the same way: a subpackage may import its own modules or those of a lower
+# rank, never a sibling of its own rank. modeling: the fused backbone (shared) < the grounding detector and the coarse
+# models, which never import each other. The layer's own `__init__.py` sits above its subpackages.
+SUBLAYERS = {
+    "modeling": {"backbone": 0, "grounding": 1, "coarse": 1},
+}
 
 
 def module_name(path: Path) -> str:
@@ -89,12 +95,30 @@ def graph() -> dict[str, set[str]]:
 def test_the_import_map_reads_relative_imports_as_python_does(graph):
     assert "fiber_d2.data.build" in graph["fiber_d2.data.loaders"]  # from .build import ...
     assert "fiber_d2.config" in graph["fiber_d2.data.datasets.from_config"]  # from ...config import ...
-    assert "fiber_d2.modeling.backbone" in graph["fiber_d2.modeling.vl_model"]  # from .backbone import ...
+    assert "fiber_d2.modeling.backbone" in graph["fiber_d2.modeling.coarse.base"]  # from ..backbone import ...
     assert "fiber_d2.data.datasets" in graph["fiber_d2.data"]  # from . import datasets
+
+
+def sublayer(module: str) -> tuple[str, int] | None:
+    """(subpackage, rank) of a module inside a layer of SUBLAYERS; None for the layer's own top-level modules."""
+    parts = module.split(".")
+    if len(parts) > 2 and parts[1] in SUBLAYERS and parts[2] in SUBLAYERS[parts[1]]:
+        return parts[2], SUBLAYERS[parts[1]][parts[2]]
+    return None
 
 
 def test_every_subpackage_has_a_layer():
     assert {module.split(".")[1] for module in package_modules() if "." in module} == set(LAYERS)
+    for name, ranks in SUBLAYERS.items():
+        subpackages = {path.parent.name for path in (PACKAGE / name).glob("*/__init__.py")}
+        assert subpackages == set(ranks), name
+
+
+def test_modeling_is_grouped_into_backbone_grounding_and_coarse():
+    top_level = {path.name for path in (PACKAGE / "modeling").glob("*.py")}
+    assert top_level == {"__init__.py"}  # every model file lives in its subpackage
+    assert "fiber_d2.modeling.grounding.detector" in package_modules()
+    assert "fiber_d2.modeling.coarse.base" in package_modules()
 
 
 def test_the_import_map_has_no_cycle(graph):
@@ -114,6 +138,22 @@ def test_no_import_goes_up_a_layer_or_to_the_package_root(graph):
         if module != "fiber_d2" and (target == "fiber_d2" or layer(target) > layer(module))
     )
     assert upward == []
+
+
+def test_no_import_goes_up_or_sideways_inside_a_layer(graph):
+    """In modeling: grounding and coarse import the backbone, never each other; the backbone imports neither."""
+    wrong = []
+    for module, targets in graph.items():
+        here = sublayer(module)
+        for target in targets:
+            there = sublayer(target)
+            if layer(target) != layer(module) or module.split(".")[:2] != target.split(".")[:2]:
+                continue  # across layers: test_no_import_goes_up_a_layer_or_to_the_package_root
+            if here is None:
+                continue  # the layer's own modules (its __init__.py) sit above its subpackages
+            if there is None or (there[0] != here[0] and there[1] >= here[1]):
+                wrong.append(f"{module} -> {target}")
+    assert sorted(wrong) == []
 
 
 # ----- registration on import -----

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-from fiber_d2.modeling import grounding_loss
-from fiber_d2.modeling.atss import ATSSMatcher
-from fiber_d2.modeling.grounding_inference import label_scores, merge_chunk_detections, postprocess_detections
-from fiber_d2.modeling.grounding_loss import centerness_targets, grounding_losses, pad_targets
+from fiber_d2.modeling.grounding import loss as grounding_loss
+from fiber_d2.modeling.grounding.atss import ATSSMatcher
+from fiber_d2.modeling.grounding.inference import label_scores, merge_chunk_detections, postprocess_detections
+from fiber_d2.modeling.grounding.loss import centerness_targets, grounding_losses, pad_targets
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,8 +13,8 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
-from fiber_d2.modeling.atss import INSIDE_MARGIN, ATSSMatcher
-from fiber_d2.modeling.grounding_loss import centerness_targets, grounding_losses, pad_targets, token_focal_loss
+from fiber_d2.modeling.grounding.atss import INSIDE_MARGIN, ATSSMatcher
+from fiber_d2.modeling.grounding.loss import centerness_targets, grounding_losses, pad_targets, token_focal_loss
 
 TRANSFORM = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
 

@@ -35,7 +35,7 @@ from fiber_d2.checkpoint.io import load_checkpoint_file
 from fiber_d2.config import add_fiber_config
 from fiber_d2.model_zoo import get_config_file
 from fiber_d2.modeling import FiberBackbone, FiberCoarseModel
-from fiber_d2.modeling.vl_model import build_coarse_heads
+from fiber_d2.modeling.coarse.base import build_coarse_heads
 from official_fiber_layout import official_coarse_model, official_fine_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from fiber_d2.config import add_fiber_config
 from fiber_d2.data.tokenizer import train_roberta_bpe_tokenizer
 from fiber_d2.engine.coarse_hook import CoarseStageHook
 from fiber_d2.model_zoo import get_config_file
-from fiber_d2.modeling.coarse_heads import CoarseHeads
-from fiber_d2.modeling.coarse_losses import FeatureQueue, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
-from fiber_d2.modeling.coarse_model import FiberCoarseModel
+from fiber_d2.modeling.coarse.heads import CoarseHeads
+from fiber_d2.modeling.coarse.losses import FeatureQueue, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
+from fiber_d2.modeling.coarse.model import FiberCoarseModel
 
 
 def test_itc_loss_equals_the_hand_computed_value():

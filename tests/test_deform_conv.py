@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-from fiber_d2.modeling import deform_conv
-from fiber_d2.modeling.deform_conv import (
+from fiber_d2.modeling.grounding import deform_conv
+from fiber_d2.modeling.grounding.deform_conv import (
     bilinear_corners,
     deform_conv_sampled,
     deformed_positions,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-from fiber_d2.modeling.dyhead import (
+from fiber_d2.modeling.grounding.dyhead import (
     OFFICIAL_RENAMES,
     DyHeadConv,
     DyHeadLayer,

@@ -16,8 +16,8 @@ from fiber_d2.data.tokenizer import train_roberta_bpe_tokenizer
 from fiber_d2.data.vqa_vocabulary import answer_vocabulary_from_config
 from fiber_d2.model_zoo import get_config_file
 from fiber_d2.modeling import FiberCaptionModel, FiberCoarseModel, FiberVQAModel, FusionMode
-from fiber_d2.modeling.caption_model import caption_loss
-from fiber_d2.modeling.vqa_model import vqa_loss
+from fiber_d2.modeling.coarse.caption_model import caption_loss
+from fiber_d2.modeling.coarse.vqa_model import vqa_loss
 from fiber_d2.solver import build_optimizer
 
 ANSWERS = ["yes", "no", "2", "red", "blue"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-from ..modeling.deform_conv import deform_conv_sampled
+from ..modeling.grounding.deform_conv import deform_conv_sampled
 from .common import (
     Emit,
     median_ms,

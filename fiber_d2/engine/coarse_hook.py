@@ -34,7 +34,7 @@ from detectron2.utils.events import EventStorage, EventWriter, JSONWriter, Tenso
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_vl_train_loader
-from ..modeling.coarse_model import FiberCoarseModel
+from ..modeling.coarse.model import FiberCoarseModel
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""fiber_d2 models; importing this registers them with Detectron2's registries."""
+"""fiber_d2 models; importing this registers them with Detectron2's registries.
+
+backbone/   the fused Swin + RoBERTa backbone and its FPN (shared by both families)
+grounding/  the grounding detector (FIBER's fine stage)
+coarse/     the coarse models (FIBER's coarse stage: pre-training and retrieval, VQA, captioning)
+"""
 from .backbone import FiberBackbone, FiberFPN, FusionMode, build_fiber_backbone, build_fiber_fpn_backbone
-from .caption_model import FiberCaptionModel
-from .coarse_model import FiberCoarseModel
-from .meta_arch import FiberGroundingDetector
-from .vqa_model import FiberVQAModel
+from .coarse import FiberCaptionModel, FiberCoarseModel, FiberVQAModel
+from .grounding import FiberGroundingDetector
 
 __all__ = [
     "FiberBackbone",

@@ -15,8 +15,8 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from .backbone import FiberBackbone, FiberFPN, FusionMode, ImageState, TextState
-from .coarse_heads import CoarseHeads
+from ..backbone import FiberBackbone, FiberFPN, FusionMode, ImageState, TextState
+from .heads import CoarseHeads
 
 
 def build_vl_backbone(cfg: CfgNode, model_name: str, backbone: nn.Module | None = None) -> FiberBackbone:

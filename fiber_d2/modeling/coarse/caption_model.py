@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..data.tokenizer import load_tokenizer
-from .backbone import FiberBackbone
-from .coarse_heads import CoarseHeads
-from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
+from ...data.tokenizer import load_tokenizer
+from ..backbone import FiberBackbone
+from .base import VLModel, build_coarse_heads, build_vl_backbone
+from .heads import CoarseHeads
 
 
 class Caption(NamedTuple):

@@ -25,10 +25,10 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from .backbone import FiberBackbone, ImageState, TextState
-from .coarse_heads import CoarseHeads
-from .coarse_losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
-from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
+from ..backbone import FiberBackbone, ImageState, TextState
+from .base import VLModel, build_coarse_heads, build_vl_backbone
+from .heads import CoarseHeads
+from .losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
 
 OBJECTIVES = ("itc", "itm", "mlm")
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ..data.vqa_vocabulary import answer_vocabulary_from_config
-from .backbone import FiberBackbone
-from .coarse_heads import CoarseHeads
-from .vl_model import VLModel, build_coarse_heads, build_vl_backbone
+from ...data.vqa_vocabulary import answer_vocabulary_from_config
+from ..backbone import FiberBackbone
+from .base import VLModel, build_coarse_heads, build_vl_backbone
+from .heads import CoarseHeads
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Callable, Hashable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .backbone.text_encoder import TextState
+from ..backbone.text_encoder import TextState
 
 
 class TextStateCache:

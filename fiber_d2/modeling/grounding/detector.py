@@ -29,16 +29,16 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
+from ..backbone import FiberFPN
+from ..backbone.text_encoder import TextState
 from .atss import ATSSMatcher
-from .backbone import FiberFPN
-from .backbone.text_encoder import TextState
 from .chunked_inference import TextStateCache, pad_text_states
-from .grounding_head import GroundingHead
-from .grounding_inference import merge_chunk_detections, postprocess_detections
-from .grounding_loss import grounding_losses, pad_targets
+from .head import GroundingHead
+from .inference import merge_chunk_detections, postprocess_detections
+from .loss import grounding_losses, pad_targets
 
 if TYPE_CHECKING:
-    from ..data.prompts import PromptChunk
+    from ...data.prompts import PromptChunk
 
 HeadOutputs = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
 # MODEL.FIBER.INFERENCE_DTYPE -> the autocast dtype of inference (float32: no autocast).
