@@ -27,8 +27,8 @@ def add_fiber_config(cfg: CN) -> None:
     cfg.SOLVER.AMP.PRECISION = "auto"
 
     # The data loaders and mapper of the model's inputs (fiber_d2/data/loaders.py): "grounding" (prompts;
-    # FiberGroundingDetector), "vl_pretrain" (image-text pairs; test sets as retrieval), "vl_vqa", "vl_caption"
-    # (image-level models), or "detectron2" (Detectron2's own loaders, for its own models).
+    # FiberGroundingDetector), or for the coarse models "coarse_pretrain" (image-text pairs; test sets as retrieval),
+    # "coarse_vqa", "coarse_caption", or "detectron2" (Detectron2's own loaders, for its own models).
     cfg.INPUT.DATASET_MAPPER_NAME = "detectron2"
     # COCO-format detection datasets to register, as (name, json_file, image_root) triples ("$DETECTRON2_DATASETS" is
     # expanded); DATASETS.TRAIN / TEST may then name them (evaluator_type "coco").
@@ -57,7 +57,7 @@ def add_fiber_config(cfg: CN) -> None:
 
     _add_backbone_config(cfg)
     _add_detector_config(cfg)
-    _add_vl_input_config(cfg)
+    _add_coarse_input_config(cfg)
     _add_coarse_config(cfg)
 
 
@@ -180,21 +180,21 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.HEAD.NMS_THRESH_TEST = 0.6
 
 
-def _add_vl_input_config(cfg: CN) -> None:
-    """INPUT.VL: the coarse stage's image-text inputs (defaults: FIBER's pre-training, 384x384, 40 tokens)."""
-    cfg.INPUT.VL = CN()
-    # Side of the square images of the coarse stage and the image-level tasks, in pixels (FIBER: 384; VQA 576).
-    cfg.INPUT.VL.IMAGE_SIZE = 384
+def _add_coarse_input_config(cfg: CN) -> None:
+    """INPUT.COARSE: the coarse models' image-text inputs (defaults: FIBER's pre-training, 384x384, 40 tokens)."""
+    cfg.INPUT.COARSE = CN()
+    # Side of the coarse models' square input images, in pixels (FIBER: 384; VQA 576).
+    cfg.INPUT.COARSE.IMAGE_SIZE = 384
     # Training: random resized crop keeps this range of the image's area (1.0, 1.0: plain resize, FIBER's setting).
-    cfg.INPUT.VL.CROP_SCALE = (0.5, 1.0)
+    cfg.INPUT.COARSE.CROP_SCALE = (0.5, 1.0)
     # Training: flip horizontally with probability 0.5 (captions with "left"/"right" get the words swapped).
-    cfg.INPUT.VL.RANDOM_FLIP = True
+    cfg.INPUT.COARSE.RANDOM_FLIP = True
     # Longest caption or question in tokens, <s> and </s> included (FIBER: 40); longer ones are truncated.
-    cfg.INPUT.VL.MAX_TEXT_LEN = 40
+    cfg.INPUT.COARSE.MAX_TEXT_LEN = 40
     # MLM: fraction of the (non-special) tokens chosen for prediction; of those 80% <mask>, 10% random, 10% kept.
-    cfg.INPUT.VL.MLM_PROBABILITY = 0.15
+    cfg.INPUT.COARSE.MLM_PROBABILITY = 0.15
     # VQA: answers given by fewer than this many training questions' annotators are left out of the vocabulary.
-    cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT = 1
+    cfg.INPUT.COARSE.VQA_MIN_ANSWER_COUNT = 1
 
 
 def _add_coarse_config(cfg: CN) -> None:
@@ -238,9 +238,9 @@ def _add_coarse_config(cfg: CN) -> None:
     # Write the coarse losses to metrics.json / TensorBoard every this many coarse iterations.
     cfg.COARSE_STAGE.LOG_PERIOD = 20
 
-    # The image-level tasks: FiberVQAModel (MODEL.FIBER.VQA) and FiberCaptionModel (MODEL.FIBER.CAPTION).
+    # The other coarse models: FiberVQAModel (MODEL.FIBER.VQA) and FiberCaptionModel (MODEL.FIBER.CAPTION).
     cfg.MODEL.FIBER.VQA = CN()
-    # JSON list of the answer classes in order; "" = DATASETS.TRAIN's answers (INPUT.VL.VQA_MIN_ANSWER_COUNT).
+    # JSON list of the answer classes in order; "" = DATASETS.TRAIN's answers (INPUT.COARSE.VQA_MIN_ANSWER_COUNT).
     cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY = ""
     cfg.MODEL.FIBER.CAPTION = CN()
     # Captioning inference: beam width (FIBER: 5); 1 = greedy decoding.

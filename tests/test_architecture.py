@@ -236,9 +236,9 @@ def test_every_fiber_config_names_registered_loaders():
         names.setdefault(cfg.MODEL.META_ARCHITECTURE, set()).add(cfg.INPUT.DATASET_MAPPER_NAME)
         assert loaders.loader_builders(cfg) is not None
     assert names["FiberGroundingDetector"] == {"grounding"}
-    assert names["FiberCoarseModel"] == {"vl_pretrain"}
-    assert names["FiberVQAModel"] == {"vl_vqa"}
-    assert names["FiberCaptionModel"] == {"vl_caption"}
+    assert names["FiberCoarseModel"] == {"coarse_pretrain"}
+    assert names["FiberVQAModel"] == {"coarse_vqa"}
+    assert names["FiberCaptionModel"] == {"coarse_caption"}
     assert names["RetinaNet"] == {"detectron2"}
 
 
@@ -264,15 +264,16 @@ def test_an_unknown_mapper_name_is_a_config_error():
         loaders.build_train_loader(_cfg(INPUT__DATASET_MAPPER_NAME="gronding"))
     assert str(error.value) == (
         "INPUT.DATASET_MAPPER_NAME 'gronding' is not one of "
-        "['detectron2', 'grounding', 'vl_caption', 'vl_pretrain', 'vl_vqa']"
+        "['coarse_caption', 'coarse_pretrain', 'coarse_vqa', 'detectron2', 'grounding']"
     )
 
 
 def test_the_task_chooses_the_evaluator_before_the_dataset_type(register, tmp_path):
     pairs = register([], evaluator_type="retrieval")
-    assert type(build_evaluator(_cfg(INPUT__DATASET_MAPPER_NAME="vl_pretrain"), pairs)) is RetrievalEvaluator
-    assert type(build_evaluator(_cfg(INPUT__DATASET_MAPPER_NAME="vl_caption"), pairs)) is CaptionEvaluator
-    evaluator = Trainer.build_evaluator(_cfg(INPUT__DATASET_MAPPER_NAME="vl_caption", OUTPUT_DIR=str(tmp_path)), pairs)
+    assert type(build_evaluator(_cfg(INPUT__DATASET_MAPPER_NAME="coarse_pretrain"), pairs)) is RetrievalEvaluator
+    assert type(build_evaluator(_cfg(INPUT__DATASET_MAPPER_NAME="coarse_caption"), pairs)) is CaptionEvaluator
+    cfg = _cfg(INPUT__DATASET_MAPPER_NAME="coarse_caption", OUTPUT_DIR=str(tmp_path))
+    evaluator = Trainer.build_evaluator(cfg, pairs)
     assert evaluator._output_dir == str(tmp_path / "inference" / pairs)
 
 

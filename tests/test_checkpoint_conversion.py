@@ -82,7 +82,7 @@ NUM_ANSWERS = 3
 
 
 class CoarseModel(nn.Module):
-    """The image-level models' layout (FiberCoarseModel / FiberVQAModel): FiberBackbone + CoarseHeads, here with the
+    """The coarse models' layout (FiberCoarseModel / FiberVQAModel): FiberBackbone + CoarseHeads, here with the
     VQA classifier too, sized like the official ones (text 768 -> 128, image 1024 -> 256)."""
 
     def __init__(self, cfg):

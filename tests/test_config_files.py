@@ -75,16 +75,17 @@ def test_refexp_configs_differ_only_in_data_and_schedule():
 
 
 @pytest.mark.parametrize("name", ["coarse_vqa.yaml", "coarse_caption.yaml"])
-def test_image_level_configs_share_the_coarse_stage_settings(name):
+def test_coarse_configs_share_the_coarse_stage_settings(name):
     cfg = load(name)
     fiber = cfg.MODEL.FIBER
     assert cfg.MODEL.WEIGHTS == "models/fiber_pretrain.pth"
     assert fiber.TOKENIZER == "models/roberta-base"
     # The coarse-stage backbone at 576 px: window 576 / 32, fusion v3, the last text layer without its LayerNorm.
-    assert (cfg.INPUT.VL.IMAGE_SIZE, fiber.SWIN.WINDOW_SIZE) == (576, 576 // 32)
+    assert (cfg.INPUT.COARSE.IMAGE_SIZE, fiber.SWIN.WINDOW_SIZE) == (576, 576 // 32)
     assert (fiber.FUSION.VERSION, fiber.TEXT.SKIP_FINAL_NORM, fiber.SWIN.UNSHIFT_SINGLE_WINDOW) == ("v3", True, True)
     assert (fiber.TEXT.DROPOUT, fiber.SWIN.OUT_FEATURES) == (0.1, ["res5"])
-    assert (cfg.INPUT.VL.CROP_SCALE, cfg.INPUT.VL.RANDOM_FLIP, cfg.INPUT.VL.MAX_TEXT_LEN) == ((0.5, 1.0), True, 50)
+    coarse = cfg.INPUT.COARSE
+    assert (coarse.CROP_SCALE, coarse.RANDOM_FLIP, coarse.MAX_TEXT_LEN) == ((0.5, 1.0), True, 50)
     solver = cfg.SOLVER
     assert (solver.OPTIMIZER, solver.BETAS, solver.IMS_PER_BATCH) == ("ADAMW", (0.9, 0.98), 512)
     assert (solver.WEIGHT_DECAY, solver.WEIGHT_DECAY_NORM, solver.WEIGHT_DECAY_BIAS) == (0.01, 0.0, 0.0)
@@ -100,7 +101,7 @@ def test_vqa_config():
     assert cfg.SOLVER.MAX_ITER == round(10 * 443757 / 512) == 8667
     assert cfg.SOLVER.BASE_LR == 2e-5
     assert cfg.SOLVER.LR_MULTIPLIERS == (("heads\\.vqa\\.", 50.0), ("heads\\.fused\\.|\\.i2t\\.|\\.t2i\\.", 5.0))
-    assert (cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT, cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY) == (9, "")
+    assert (cfg.INPUT.COARSE.VQA_MIN_ANSWER_COUNT, cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY) == (9, "")
 
 
 def test_caption_config():
@@ -115,13 +116,13 @@ def test_caption_config():
     assert (cfg.MODEL.FIBER.CAPTION.BEAM_SIZE, cfg.MODEL.FIBER.CAPTION.MAX_LENGTH) == (5, 50)
 
 
-def test_image_level_configs_differ_only_in_task():
+def test_coarse_configs_differ_only_in_task():
     task = {
         "MODEL.META_ARCHITECTURE", "DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.BASE_LR", "SOLVER.LR_MULTIPLIERS",
         "SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS",
     }
     differing = differing_keys("coarse_vqa.yaml", "coarse_caption.yaml")
-    assert task <= differing <= task | PER_MODEL_KEYS | {"INPUT.VL.VQA_MIN_ANSWER_COUNT"}
+    assert task <= differing <= task | PER_MODEL_KEYS | {"INPUT.COARSE.VQA_MIN_ANSWER_COUNT"}
 
 
 def test_pre_training_configs_start_from_their_coarse_init():

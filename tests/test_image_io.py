@@ -11,14 +11,14 @@ from PIL import Image
 from test_grounding_detector import micro_cfg
 
 from fiber_d2.data.build import (
+    build_coarse_test_loader,
+    build_coarse_train_loader,
     build_grounding_test_loader,
     build_grounding_train_loader,
-    build_vl_test_loader,
-    build_vl_train_loader,
 )
+from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
 from fiber_d2.data.grounding_mapper import GroundingDatasetMapper
 from fiber_d2.data.image_io import ImageError, check_image_array, check_image_files, read_image, read_record_image
-from fiber_d2.data.vl_mapper import VLDatasetMapper
 
 VALUES_16 = np.array([[0, 255, 256, 1000, 40000, 65535]], dtype=np.uint16)
 HIGH_BYTES = np.array([[0, 0, 1, 3, 156, 255]], dtype=np.uint8)  # v >> 8, as cv2.imread makes 16-bit images 8-bit
@@ -133,7 +133,7 @@ def test_check_image_array_says_what_is_expected(image, given):
 def mapper_cfg(tokenizer_dir):  # noqa: F811
     cfg = micro_cfg(tokenizer_dir)
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (32,), 48
-    cfg.INPUT.VL.IMAGE_SIZE = 32
+    cfg.INPUT.COARSE.IMAGE_SIZE = 32
     return cfg
 
 
@@ -162,17 +162,17 @@ def test_grounding_mapper_names_bad_images_and_skips_them_in_training_only(mappe
         GroundingDatasetMapper(mapper_cfg, False)(_record(images, "missing.jpg"))
 
 
-def test_vl_mapper_names_bad_images_and_skips_them_in_training_only(mapper_cfg, images):
+def test_coarse_mapper_names_bad_images_and_skips_them_in_training_only(mapper_cfg, images):
     record = {**_record(images, "empty.jpg"), "captions": ["a red circle"]}
     with pytest.raises(ImageError, match=f"^dataset 'shapes_x', file {images['root'] / 'empty.jpg'}, image_id 5: "
                                          "the file is empty \\(0 bytes\\)$"):
-        VLDatasetMapper(mapper_cfg, True)(record)
+        CoarseDatasetMapper(mapper_cfg, True)(record)
     mapper_cfg.DATASETS.ON_BAD_RECORD = "skip"
-    assert VLDatasetMapper(mapper_cfg, True)(record) is None
+    assert CoarseDatasetMapper(mapper_cfg, True)(record) is None
     with pytest.raises(ImageError, match="the file is empty"):
-        VLDatasetMapper(mapper_cfg, False, task="retrieval")(record)
-    assert VLDatasetMapper(mapper_cfg, True)({**record, "file_name": str(images["root"] / "good.jpg")})["image"].shape \
-        == (3, 32, 32)
+        CoarseDatasetMapper(mapper_cfg, False, task="retrieval")(record)
+    good = {**record, "file_name": str(images["root"] / "good.jpg")}
+    assert CoarseDatasetMapper(mapper_cfg, True)(good)["image"].shape == (3, 32, 32)
 
 
 def test_loaders_check_the_image_files_when_built(mapper_cfg, images, register):
@@ -186,7 +186,7 @@ def test_loaders_check_the_image_files_when_built(mapper_cfg, images, register):
         build_grounding_train_loader(mapper_cfg)
     mapper_cfg.DATASETS.ON_BAD_RECORD = "skip"
     assert len(build_grounding_train_loader(mapper_cfg).dataset) == 1
-    assert len(build_vl_train_loader(mapper_cfg, [name], 2).dataset) == 1
-    for build_test_loader in (build_grounding_test_loader, build_vl_test_loader):
+    assert len(build_coarse_train_loader(mapper_cfg, [name], 2).dataset) == 1
+    for build_test_loader in (build_grounding_test_loader, build_coarse_test_loader):
         with pytest.raises(ImageError, match=f"^{missing} "):  # evaluation never skips
             build_test_loader(mapper_cfg, name)

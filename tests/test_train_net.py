@@ -174,7 +174,7 @@ def test_demo_names_an_input_that_matches_nothing(trained, datasets_root, tmp_pa
 
 COARSE = REPO / "configs" / "fiber_shapes" / "fiber_tiny_coarse.yaml"
 TINY_VL = ["SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1",
-           "INPUT.VL.IMAGE_SIZE", "64"]
+           "INPUT.COARSE.IMAGE_SIZE", "64"]
 
 
 def test_coarse_only_config_trains_and_evaluates_retrieval(datasets_root, tmp_path):
@@ -190,7 +190,7 @@ def test_coarse_only_config_trains_and_evaluates_retrieval(datasets_root, tmp_pa
 
 COARSE_HOOK = ["COARSE_STAGE.ENABLED", "True", "COARSE_STAGE.DATASETS", "('fiber_shapes_pairs_train',)",
                "COARSE_STAGE.IMS_PER_BATCH", "4", "COARSE_STAGE.LOG_PERIOD", "1", "COARSE_STAGE.CHECKPOINT_PERIOD", "2",
-               "INPUT.VL.IMAGE_SIZE", "64", "DATASETS.TEST", "()"]
+               "INPUT.COARSE.IMAGE_SIZE", "64", "DATASETS.TEST", "()"]
 
 
 def test_coarse_stage_hook_runs_before_the_fine_stage_and_resumes(datasets_root, tmp_path):
@@ -227,9 +227,9 @@ def test_a_coarse_stage_before_a_fine_tune_warns(trained, datasets_root, tmp_pat
 
 
 def test_demo_config_runs_the_coarse_stage_then_the_fine_stage(datasets_root, tmp_path):
-    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", DEMO_CONFIG, *TINY, "INPUT.VL.IMAGE_SIZE", "64",
-          "COARSE_STAGE.IMS_PER_BATCH", "4", "COARSE_STAGE.LOG_PERIOD", "1", "COARSE_STAGE.MAX_ITER", "2",
-          "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", DEMO_CONFIG, *TINY,
+          "INPUT.COARSE.IMAGE_SIZE", "64", "COARSE_STAGE.IMS_PER_BATCH", "4", "COARSE_STAGE.LOG_PERIOD", "1",
+          "COARSE_STAGE.MAX_ITER", "2", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path], datasets_root)
     metrics = _metrics(tmp_path)
     coarse = [m for m in metrics if "coarse/total_loss" in m]
     assert [m["iteration"] for m in coarse] == [0, 1]

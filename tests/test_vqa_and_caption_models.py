@@ -160,9 +160,9 @@ def test_answer_vocabulary_from_a_file_or_the_training_set(tokenizer_dir, tmp_pa
         cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY = ""
         cfg.DATASETS.TRAIN = (name,)
         assert answer_vocabulary_from_config(cfg) == ["yes", "2", "no"]  # by count, then alphabetically
-        cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT = 2
+        cfg.INPUT.COARSE.VQA_MIN_ANSWER_COUNT = 2
         assert answer_vocabulary_from_config(cfg) == ["yes"]
-        cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT = 3
+        cfg.INPUT.COARSE.VQA_MIN_ANSWER_COUNT = 3
         with pytest.raises(ValueError, match="no answer at least"):
             answer_vocabulary_from_config(cfg)
     finally:
@@ -364,7 +364,7 @@ def test_shapes_configs_build_train_a_step_and_infer(name, tokenizer_dir, tmp_pa
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
-    size = cfg.INPUT.VL.IMAGE_SIZE
+    size = cfg.INPUT.COARSE.IMAGE_SIZE
     if name == "fiber_tiny_vqa":
         batch = [{**x, "image": image(i, size)} for i, x in enumerate(vqa_batch([{"red": 1.0}, {"yes": 0.6}]))]
     else:

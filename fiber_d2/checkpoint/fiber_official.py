@@ -26,7 +26,7 @@ Fine stage (maskrcnn_benchmark `model` / `model_ema`: `fusion_backbone.*`, `rpn.
     head.{bbox_pred,centerness,scales.{l}.scale,log_scale,bias_lang,bias0}   (the same names under rpn.head)
     head.text_projection                                           (rpn.head.dot_product_projection_text)
 
-Coarse stage (Lightning `state_dict` of fiber_pretrain.ckpt or a fine-tuned VQA checkpoint), for an image-level
+Coarse stage (Lightning `state_dict` of fiber_pretrain.ckpt or a fine-tuned VQA checkpoint), for a coarse
 model (`FiberCoarseModel`, `FiberVQAModel`: `backbone` is FiberBackbone without FPN, `heads` is CoarseHeads):
     backbone.image.*, backbone.text.*     as above (vit_model.*, text_transformer.*); the final Swin `norm` ->
                                           backbone.image.out_norms.res5 (the merging is at the end of each stage too)

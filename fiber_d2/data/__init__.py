@@ -1,12 +1,13 @@
 """Datasets, formats, prompts and data mappers."""
 from . import datasets  # noqa: F401  (importing the package registers the datasets)
 from .build import (
+    build_coarse_test_loader,
+    build_coarse_train_loader,
     build_grounding_test_loader,
     build_grounding_train_loader,
-    build_vl_test_loader,
-    build_vl_train_loader,
     load_grounding_dataset_dicts,
 )
+from .coarse_mapper import CoarseDatasetMapper, build_answer_vocabulary, mask_tokens
 from .grounding_mapper import GroundingDatasetMapper, swap_left_right
 from .loaders import build_test_loader, build_train_loader, register_loaders
 from .positive_map import PromptError, char_spans_to_token_map, encode_prompt
@@ -18,20 +19,19 @@ from .prompts import (
     vocabulary_chunks,
 )
 from .tokenizer import load_tokenizer
-from .vl_mapper import VLDatasetMapper, build_answer_vocabulary, mask_tokens
 
 __all__ = [
+    "CoarseDatasetMapper",
     "GroundingDatasetMapper",
     "PromptChunk",
     "PromptError",
-    "VLDatasetMapper",
     "build_answer_vocabulary",
+    "build_coarse_test_loader",
+    "build_coarse_train_loader",
     "build_grounding_test_loader",
     "build_grounding_train_loader",
     "build_test_loader",
     "build_train_loader",
-    "build_vl_test_loader",
-    "build_vl_train_loader",
     "char_spans_to_token_map",
     "clean_category_name",
     "detection_prompt",

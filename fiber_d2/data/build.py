@@ -1,5 +1,5 @@
-"""Data loaders with GroundingDatasetMapper (the detector) or VLDatasetMapper (coarse stage): Detectron2's test loader;
-for training ResumableTrainLoader (Detectron2's sampling, with a position that checkpoints save)."""
+"""Data loaders with GroundingDatasetMapper (the detector) or CoarseDatasetMapper (the coarse models): Detectron2's
+test loader; for training ResumableTrainLoader (Detectron2's sampling, with a position that checkpoints save)."""
 from __future__ import annotations
 
 import logging
@@ -8,10 +8,10 @@ from typing import Sequence
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 
+from .coarse_mapper import CoarseDatasetMapper
 from .grounding_mapper import GroundingDatasetMapper
 from .image_io import check_image_files
 from .resumable_loader import ResumableTrainLoader
-from .vl_mapper import VLDatasetMapper
 
 logger = logging.getLogger(__name__)
 
@@ -62,34 +62,34 @@ def build_grounding_test_loader(cfg: CfgNode, dataset_name: str):
     )
 
 
-def build_vl_train_loader(
+def build_coarse_train_loader(
     cfg: CfgNode,
     dataset_names: Sequence[str],
     total_batch_size: int,
     task: str = "pretrain",
     answer_vocabulary: Sequence[str] | None = None,
 ):
-    """An infinite loader of image-level training batches (lists of VLDatasetMapper outputs, images S x S); its
+    """An infinite loader of coarse training batches (lists of CoarseDatasetMapper outputs, images S x S); its
     position goes into checkpoints (ResumableTrainLoader). Missing or empty image files: as the grounding loader.
 
     task: "pretrain", "vqa" (needs `answer_vocabulary`) or "caption".
     """
     return ResumableTrainLoader(
         check_image_files(load_grounding_dataset_dicts(dataset_names), cfg.DATASETS.ON_BAD_RECORD),
-        VLDatasetMapper(cfg, True, task=task, answer_vocabulary=answer_vocabulary),
+        CoarseDatasetMapper(cfg, True, task=task, answer_vocabulary=answer_vocabulary),
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 
 
-def build_vl_test_loader(
+def build_coarse_test_loader(
     cfg: CfgNode, dataset_name: str, task: str = "retrieval", answer_vocabulary: Sequence[str] | None = None
 ):
-    """Detectron2's inference loader (batch 1, each record once across processes) with VLDatasetMapper; a missing or
+    """Detectron2's inference loader (batch 1, each record once across processes) with CoarseDatasetMapper; a missing or
     empty image file raises now."""
     return build_detection_test_loader(
         check_image_files(load_grounding_dataset_dicts([dataset_name])),
-        mapper=VLDatasetMapper(cfg, False, task=task, answer_vocabulary=answer_vocabulary),
+        mapper=CoarseDatasetMapper(cfg, False, task=task, answer_vocabulary=answer_vocabulary),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )

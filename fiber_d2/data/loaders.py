@@ -1,11 +1,12 @@
 """Train and test data loaders chosen by INPUT.DATASET_MAPPER_NAME, as Mask2Former's train_net chooses its mapper:
 a config names the inputs its model reads, so the entry points never look at model classes.
 
-  grounding    GroundingDatasetMapper: images with prompts, boxes and positive maps (FiberGroundingDetector)
-  vl_pretrain  VLDatasetMapper, task "pretrain" (ITC/ITM/MLM); test sets with task "retrieval" (FiberCoarseModel)
-  vl_vqa       VLDatasetMapper, task "vqa", targets over the config's answer vocabulary (FiberVQAModel)
-  vl_caption   VLDatasetMapper, task "caption" (FiberCaptionModel)
-  detectron2   Detectron2's build_detection_train_loader / build_detection_test_loader (its own models)
+  grounding        GroundingDatasetMapper: images with prompts, boxes and positive maps (FiberGroundingDetector)
+  coarse_pretrain  CoarseDatasetMapper, task "pretrain" (ITC/ITM/MLM); test sets with task "retrieval"
+                   (FiberCoarseModel)
+  coarse_vqa       CoarseDatasetMapper, task "vqa", targets over the config's answer vocabulary (FiberVQAModel)
+  coarse_caption   CoarseDatasetMapper, task "caption" (FiberCaptionModel)
+  detectron2       Detectron2's build_detection_train_loader / build_detection_test_loader (its own models)
 
 A new model with new inputs adds a name with `register_loaders`; train_net.py stays as it is.
 """
@@ -18,10 +19,10 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 
 from ..config import ConfigError
 from .build import (
+    build_coarse_test_loader,
+    build_coarse_train_loader,
     build_grounding_test_loader,
     build_grounding_train_loader,
-    build_vl_test_loader,
-    build_vl_train_loader,
 )
 from .vqa_vocabulary import answer_vocabulary_from_config
 
@@ -63,24 +64,24 @@ def build_test_loader(cfg: CfgNode, dataset_name: str) -> Iterable:
     return loader_builders(cfg).test(cfg, dataset_name)
 
 
-def _vl_train(task: str, with_answers: bool = False) -> Callable[[CfgNode], Iterable]:
+def _coarse_train(task: str, with_answers: bool = False) -> Callable[[CfgNode], Iterable]:
     def build(cfg: CfgNode) -> Iterable:
         answers = answer_vocabulary_from_config(cfg) if with_answers else None
-        return build_vl_train_loader(cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH, task, answers)
+        return build_coarse_train_loader(cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH, task, answers)
 
     return build
 
 
-def _vl_test(task: str, with_answers: bool = False) -> Callable[[CfgNode, str], Iterable]:
+def _coarse_test(task: str, with_answers: bool = False) -> Callable[[CfgNode, str], Iterable]:
     def build(cfg: CfgNode, dataset_name: str) -> Iterable:
         answers = answer_vocabulary_from_config(cfg) if with_answers else None
-        return build_vl_test_loader(cfg, dataset_name, task, answers)
+        return build_coarse_test_loader(cfg, dataset_name, task, answers)
 
     return build
 
 
 register_loaders("grounding", build_grounding_train_loader, build_grounding_test_loader)
-register_loaders("vl_pretrain", _vl_train("pretrain"), _vl_test("retrieval"))
-register_loaders("vl_vqa", _vl_train("vqa", with_answers=True), _vl_test("vqa", with_answers=True))
-register_loaders("vl_caption", _vl_train("caption"), _vl_test("caption"))
+register_loaders("coarse_pretrain", _coarse_train("pretrain"), _coarse_test("retrieval"))
+register_loaders("coarse_vqa", _coarse_train("vqa", with_answers=True), _coarse_test("vqa", with_answers=True))
+register_loaders("coarse_caption", _coarse_train("caption"), _coarse_test("caption"))
 register_loaders("detectron2", build_detection_train_loader, build_detection_test_loader)

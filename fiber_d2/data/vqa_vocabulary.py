@@ -1,7 +1,8 @@
 """The VQA answer classes of a config, shared by the VQA model (its classifier) and its data loaders (the targets).
 
 MODEL.FIBER.VQA.ANSWER_VOCABULARY names a JSON list of answers in class order (e.g. FIBER's 3129 VQAv2 answers); when
-it is "", the classes are the normalised answers of DATASETS.TRAIN given at least INPUT.VL.VQA_MIN_ANSWER_COUNT times.
+it is "", the classes are the normalised answers of DATASETS.TRAIN given at least INPUT.COARSE.VQA_MIN_ANSWER_COUNT
+times.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import os
 from detectron2.config import CfgNode
 
 from .build import load_grounding_dataset_dicts
+from .coarse_mapper import build_answer_vocabulary
 from .tokenizer import resolve_path
-from .vl_mapper import build_answer_vocabulary
 from .vqa_answers import normalize_vqa_answer
 
 logger = logging.getLogger(__name__)
@@ -45,18 +46,18 @@ def load_answer_vocabulary(path: str) -> list[str]:
 
 def answer_vocabulary_from_config(cfg: CfgNode) -> list[str]:
     """The answer classes: MODEL.FIBER.VQA.ANSWER_VOCABULARY (a JSON list), or, when that is "", the normalised
-    answers of DATASETS.TRAIN given at least INPUT.VL.VQA_MIN_ANSWER_COUNT times (`build_answer_vocabulary`)."""
+    answers of DATASETS.TRAIN given at least INPUT.COARSE.VQA_MIN_ANSWER_COUNT times (`build_answer_vocabulary`)."""
     path = cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY
     if path:
         return load_answer_vocabulary(resolve_path(path))
     if not cfg.DATASETS.TRAIN:
         raise ValueError("VQA needs an answer vocabulary: set MODEL.FIBER.VQA.ANSWER_VOCABULARY or DATASETS.TRAIN")
     answers = build_answer_vocabulary(
-        load_grounding_dataset_dicts(cfg.DATASETS.TRAIN), cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT
+        load_grounding_dataset_dicts(cfg.DATASETS.TRAIN), cfg.INPUT.COARSE.VQA_MIN_ANSWER_COUNT
     )
     if not answers:
         raise ValueError(
-            f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} give no answer at least INPUT.VL.VQA_MIN_ANSWER_COUNT = "
-            f"{cfg.INPUT.VL.VQA_MIN_ANSWER_COUNT} times"
+            f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} give no answer at least INPUT.COARSE.VQA_MIN_ANSWER_COUNT = "
+            f"{cfg.INPUT.COARSE.VQA_MIN_ANSWER_COUNT} times"
         )
     return answers

@@ -1,7 +1,7 @@
 """CoarseStageHook: FIBER's coarse stage (ITC/ITM/MLM on image-text pairs) inside a detector's train_net.py run.
 
 The hook wraps the trainer's detector backbone in a FiberCoarseModel (the weights are shared, not copied), with its
-own loader (VLDatasetMapper), AdamW optimizer and warmup-cosine schedule (COARSE_STAGE.*):
+own loader (CoarseDatasetMapper), AdamW optimizer and warmup-cosine schedule (COARSE_STAGE.*):
   "before"      all coarse iterations run in `before_train`, as FIBER's recipe (coarse, then fine from its weights).
                 A checkpoint `model_coarse_<iter>.pth` is saved every CHECKPOINT_PERIOD iterations and at the end
                 (`model_coarse_final.pth`); it holds the detector (with the coarse-trained backbone) and the hook's
@@ -33,7 +33,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, EventWriter, JSONWriter, TensorboardXWriter, get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data import build_vl_train_loader
+from ..data import build_coarse_train_loader
 from ..modeling.coarse.model import FiberCoarseModel
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class CoarseStageHook(HookBase):
         """One coarse iteration: forward, backward, gradient average over processes, AdamW step, schedule step."""
         if self._data is None:
             self._data = iter(
-                build_vl_train_loader(self.cfg, self.cfg.COARSE_STAGE.DATASETS, self.cfg.COARSE_STAGE.IMS_PER_BATCH)
+                build_coarse_train_loader(self.cfg, self.cfg.COARSE_STAGE.DATASETS, self.cfg.COARSE_STAGE.IMS_PER_BATCH)
             )
         batch = next(self._data)
         losses = self.model(batch)

@@ -6,7 +6,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
-from ..data.vl_mapper import VLDatasetMapper
+from ..data.coarse_mapper import CoarseDatasetMapper
 from .caption import CaptionEvaluator
 from .flickr30k import FlickrGroundingEvaluator
 from .itm_scorer import DatasetItmScorer
@@ -18,7 +18,7 @@ from .vqa import VQAEvaluator
 
 # INPUT.DATASET_MAPPER_NAME values whose test outputs one evaluator scores on any dataset: a caption model is evaluated
 # by CIDEr-D on any image-caption set, whatever that set's own evaluator_type (e.g. "retrieval").
-_MAPPER_EVALUATOR_TYPES = {"vl_caption": "caption"}
+_MAPPER_EVALUATOR_TYPES = {"coarse_caption": "caption"}
 
 
 def evaluator_type(cfg: CfgNode, dataset_name: str) -> str | None:
@@ -61,7 +61,7 @@ def build_evaluator(
                 f"TEST.RETRIEVAL_ITM_TOP_K = {top_k} needs a model with an ITM head (FiberCoarseModel) to re-rank "
                 f"{dataset_name!r}, got {type(model).__name__}"
             )
-        scorer = DatasetItmScorer(model, dataset_name, VLDatasetMapper(cfg, False, task="retrieval"))
+        scorer = DatasetItmScorer(model, dataset_name, CoarseDatasetMapper(cfg, False, task="retrieval"))
         return RetrievalEvaluator(dataset_name, output_dir=output_folder, itm_top_k=top_k, itm_scorer=scorer)
     if kind == "vqa":
         return VQAEvaluator(dataset_name, output_dir=output_folder)

@@ -17,7 +17,7 @@ class DatasetItmScorer:
     j of an image of `dataset_name`.
 
     model: a `FiberCoarseModel` (or any model with `preprocess_images`, `pad_texts`, `match_probability`), in eval
-    mode. mapper: maps a record to `image` [3, S, S] and `captions_input_ids` (VLDatasetMapper, task "retrieval",
+    mode. mapper: maps a record to `image` [3, S, S] and `captions_input_ids` (CoarseDatasetMapper, task "retrieval",
     is_train=False). Captions are mapped once and kept; one image is kept at a
     time, so memory stays flat for datasets of any size (the evaluator asks for pairs sorted by image).
     """

@@ -1,4 +1,4 @@
-"""Ground truth that the image-level evaluators read from registered datasets."""
+"""Ground truth that the coarse evaluators (retrieval, VQA, captioning) read from registered datasets."""
 from __future__ import annotations
 
 from typing import Any

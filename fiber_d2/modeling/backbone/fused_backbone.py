@@ -5,7 +5,7 @@ states [B, T, D]). It is two public steps:
   lower: `encode_image_lower(images)` and `encode_text_lower(ids, mask)`: the blocks/layers below the fused part,
          each independent of the other modality;
   upper: `encode_upper(image_state, text_state, fusion)`: the K fused image blocks and text layers in lock step
-         (`fuse` gives their final states instead: the image-level heads read the last Swin tokens before any stage
+         (`fuse` gives their final states instead: the coarse heads read the last Swin tokens before any stage
          output LayerNorm, as FIBER's fused coarse path does).
 A caller may run the lower part once and the upper part many times (many prompts for one image).
 """

@@ -1,5 +1,5 @@
 """The coarse models (FIBER's coarse-grained stage: image-text pre-training and retrieval, VQA, captioning), on the
-shared `VLModel` (base.py) with the coarse heads (heads.py) and objectives (losses.py): `FiberCoarseModel`
+shared `CoarseModelBase` (base.py) with the coarse heads (heads.py) and objectives (losses.py): `FiberCoarseModel`
 (model.py), `FiberVQAModel` (vqa_model.py), `FiberCaptionModel` (caption_model.py). Importing this registers them
 with META_ARCH_REGISTRY."""
 from .caption_model import FiberCaptionModel

@@ -1,6 +1,6 @@
-"""VLModel: what FIBER's image-level models (coarse stage, VQA, captioning) share.
+"""CoarseModelBase: what FIBER's coarse models (coarse-stage pre-training and retrieval, VQA, captioning) share.
 
-They read `VLDatasetMapper` outputs (S x S uint8 images, unpadded token ids), run a `FiberBackbone`, and use the
+They read `CoarseDatasetMapper` outputs (S x S uint8 images, unpadded token ids), run a `FiberBackbone`, and use the
 coarse-stage heads (`CoarseHeads`) on the last Swin stage's tokens and the text tokens. As in FIBER's coarse stage
 (coarse_grained/fiber/modules/fiber_module.py, `infer`), the unfused image side (ITC) reads the last stage after
 Swin's final LayerNorm (`unfused_image_tokens`), the fused side (ITM, MLM, VQA) the raw last-block tokens
@@ -19,7 +19,7 @@ from ..backbone import FiberBackbone, FiberFPN, FusionMode, ImageState, TextStat
 from .heads import CoarseHeads
 
 
-def build_vl_backbone(cfg: CfgNode, model_name: str, backbone: nn.Module | None = None) -> FiberBackbone:
+def build_coarse_backbone(cfg: CfgNode, model_name: str, backbone: nn.Module | None = None) -> FiberBackbone:
     """`backbone` (a FiberBackbone, or a FiberFPN's bottom-up one, to share its weights) or a new one from `cfg`."""
     backbone = build_backbone(cfg) if backbone is None else backbone
     if isinstance(backbone, FiberFPN):
@@ -45,8 +45,8 @@ def build_coarse_heads(cfg: CfgNode, backbone: FiberBackbone, num_answers: int =
     )
 
 
-class VLModel(nn.Module):
-    """Backbone + heads + pixel normalisation + text padding, for the image-level models."""
+class CoarseModelBase(nn.Module):
+    """Backbone + heads + pixel normalisation + text padding, for the coarse models."""
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class VLModel(nn.Module):
         """Normalised images [B, 3, S, S] (the mapper makes them all S x S)."""
         sizes = {tuple(x["image"].shape) for x in batched_inputs}
         if len(sizes) != 1:
-            raise ValueError(f"image-level inputs must all have one size (INPUT.VL.IMAGE_SIZE), got {sorted(sizes)}")
+            raise ValueError(f"coarse inputs must all have one size (INPUT.COARSE.IMAGE_SIZE), got {sorted(sizes)}")
         images = torch.stack([x["image"].to(self.device) for x in batched_inputs]).float()
         return (images - self.pixel_mean) / self.pixel_std
 

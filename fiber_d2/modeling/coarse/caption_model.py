@@ -9,7 +9,7 @@ every decoding step reuses them. Next-token logits come from the MLM head on the
 so its last layer keeps its output LayerNorm whatever MODEL.FIBER.TEXT.SKIP_FINAL_NORM says, as FIBER's
 `infer_caption`.
 
-Training (inputs from `VLDatasetMapper`, task "caption": `image` [3, S, S], `input_ids` [T] = <s> caption </s>):
+Training (inputs from `CoarseDatasetMapper`, task "caption": `image` [3, S, S], `input_ids` [T] = <s> caption </s>):
   loss_caption  mean CE of next-token prediction over the real tokens (`caption_loss`).
 Inference returns per image {"image_id", "caption"}: greedy decoding (MODEL.FIBER.CAPTION.BEAM_SIZE 1) or beam search,
 from <s> until </s> or MODEL.FIBER.CAPTION.MAX_LENGTH generated tokens, decoded without special tokens. Special
@@ -31,7 +31,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...data.tokenizer import load_tokenizer
 from ..backbone import FiberBackbone
-from .base import VLModel, build_coarse_heads, build_vl_backbone
+from .base import CoarseModelBase, build_coarse_heads, build_coarse_backbone
 from .heads import CoarseHeads
 
 
@@ -58,7 +58,7 @@ def caption_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: 
 
 
 @META_ARCH_REGISTRY.register()
-class FiberCaptionModel(VLModel):
+class FiberCaptionModel(CoarseModelBase):
     """Unfused image encoder + causal text decoder cross-attending to it; next-token CE in training, greedy decoding
     or beam search at inference."""
 
@@ -118,7 +118,7 @@ class FiberCaptionModel(VLModel):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
-        backbone = build_vl_backbone(cfg, cls.__name__)
+        backbone = build_coarse_backbone(cfg, cls.__name__)
         return {
             "backbone": backbone,
             "heads": build_coarse_heads(cfg, backbone),
@@ -210,7 +210,8 @@ class FiberCaptionModel(VLModel):
         missing = [i for i, x in enumerate(batched_inputs) if "input_ids" not in x or "image" not in x]
         if missing:
             raise ValueError(
-                f"caption training inputs {missing} lack 'image' or 'input_ids' (use VLDatasetMapper, task 'caption')"
+                f"caption training inputs {missing} lack 'image' or 'input_ids' (use CoarseDatasetMapper, task "
+                "'caption')"
             )
         input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
         logits = self.decoder_logits(self.encode_images(self.preprocess_images(batched_inputs)), input_ids, mask)
@@ -221,7 +222,9 @@ class FiberCaptionModel(VLModel):
         """Per image: {"image_id", "caption": str}."""
         missing = [i for i, x in enumerate(batched_inputs) if "image_id" not in x or "image" not in x]
         if missing:
-            raise ValueError(f"caption inputs {missing} lack 'image' or 'image_id' (VLDatasetMapper, task 'caption')")
+            raise ValueError(
+                f"caption inputs {missing} lack 'image' or 'image_id' (CoarseDatasetMapper, task 'caption')"
+            )
         captions = self.generate(self.preprocess_images(batched_inputs))
         return [
             {"image_id": x["image_id"], "caption": self.tokenizer.decode(c.tokens, skip_special_tokens=True).strip()}

@@ -1,12 +1,12 @@
 """FiberCoarseModel: FIBER's coarse stage on image-text pairs (registered in META_ARCH_REGISTRY).
 
-Training (inputs from `VLDatasetMapper`, task "pretrain": `image` [3, S, S], `image_id`, `input_ids` [T],
+Training (inputs from `CoarseDatasetMapper`, task "pretrain": `image` [3, S, S], `image_id`, `input_ids` [T],
 `mlm_input_ids` [T], `mlm_labels` [T]) returns the enabled objectives (MODEL.FIBER.COARSE.OBJECTIVES):
   loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue);
   loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE;
   loss_mlm  fusion on, masked captions: CE of the masked tokens through the MLM head (on the fused text projection).
-The fused passes read the image and text tokens as FIBER's fused path does (`VLModel.fused_tokens`), the dual encoder
-as its image-only and text-only paths do.
+The fused passes read the image and text tokens as FIBER's fused path does (`CoarseModelBase.fused_tokens`), the
+dual encoder as its image-only and text-only paths do.
 The image and text lower parts (below the fused layers) run once per batch and feed every pass.
 Inference (task "pretrain"/"retrieval": `captions_input_ids`, a list of [T_i]) returns per image
 {"image_embedding": [D], "text_embeddings": [n, D]}: the L2-normalised ITC embeddings, as RetrievalEvaluator wants.
@@ -26,7 +26,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ..backbone import FiberBackbone, ImageState, TextState
-from .base import VLModel, build_coarse_heads, build_vl_backbone
+from .base import CoarseModelBase, build_coarse_heads, build_coarse_backbone
 from .heads import CoarseHeads
 from .losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
 
@@ -34,7 +34,7 @@ OBJECTIVES = ("itc", "itm", "mlm")
 
 
 @META_ARCH_REGISTRY.register()
-class FiberCoarseModel(VLModel):
+class FiberCoarseModel(CoarseModelBase):
     """Fused backbone + coarse heads; ITC/ITM/MLM in training, ITC embeddings (retrieval) at inference."""
 
     @configurable
@@ -71,7 +71,7 @@ class FiberCoarseModel(VLModel):
     @classmethod
     def from_config(cls, cfg: CfgNode, backbone: nn.Module | None = None) -> dict[str, Any]:
         """`backbone`: share an existing FiberBackbone (or a FiberFPN's bottom-up one) instead of building one."""
-        backbone = build_vl_backbone(cfg, cls.__name__, backbone)
+        backbone = build_coarse_backbone(cfg, cls.__name__, backbone)
         coarse = cfg.MODEL.FIBER.COARSE
         return {
             "backbone": backbone,
@@ -108,7 +108,9 @@ class FiberCoarseModel(VLModel):
             return self.inference(batched_inputs)
         missing = [i for i, x in enumerate(batched_inputs) if "input_ids" not in x or "image" not in x]
         if missing:
-            raise ValueError(f"coarse-stage inputs {missing} lack 'image' or 'input_ids' (use VLDatasetMapper, task 'pretrain')")
+            raise ValueError(
+                f"coarse-stage inputs {missing} lack 'image' or 'input_ids' (use CoarseDatasetMapper, task 'pretrain')"
+            )
         images = self.preprocess_images(batched_inputs)
         input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
         image_lower = self.backbone.encode_image_lower(images)
@@ -166,7 +168,9 @@ class FiberCoarseModel(VLModel):
         """Per image: {"image_embedding": [D], "text_embeddings": [n, D]} of its `captions_input_ids`."""
         missing = [i for i, x in enumerate(batched_inputs) if not x.get("captions_input_ids")]
         if missing:
-            raise ValueError(f"retrieval inputs {missing} have no 'captions_input_ids' (VLDatasetMapper, is_train=False)")
+            raise ValueError(
+                f"retrieval inputs {missing} have no 'captions_input_ids' (CoarseDatasetMapper, is_train=False)"
+            )
         images = self.preprocess_images(batched_inputs)
         captions = [ids for x in batched_inputs for ids in x["captions_input_ids"]]
         input_ids, mask = self.pad_texts(captions)

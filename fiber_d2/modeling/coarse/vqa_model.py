@@ -1,10 +1,10 @@
 """FiberVQAModel: VQAv2 as answer classification on FIBER's fused backbone (docs/FIBER_DETAILS.md; registered in
 META_ARCH_REGISTRY).
 
-Training (inputs from `VLDatasetMapper`, task "vqa": `image` [3, S, S], the question's `input_ids` [T] and
+Training (inputs from `CoarseDatasetMapper`, task "vqa": `image` [3, S, S], the question's `input_ids` [T] and
 `vqa_targets` [A], soft scores over the answer vocabulary) runs image and question through the backbone with fusion on,
-pools them into `heads.joint` [B, 2D] (the raw last Swin tokens, as FIBER's fused path: `VLModel.fused_tokens`) and
-classifies with `heads.vqa` (MLP 2D -> 2D, LN, GELU -> A):
+pools them into `heads.joint` [B, 2D] (the raw last Swin tokens, as FIBER's fused path:
+`CoarseModelBase.fused_tokens`) and classifies with `heads.vqa` (MLP 2D -> 2D, LN, GELU -> A):
   loss_vqa  mean binary cross-entropy over the B x A logits, times A (`vqa_loss`, FIBER's "BCE x 3129").
 Inference returns per question {"question_id", "answer": the string of the top class, "scores": [A] sigmoid
 probabilities}, as VQAEvaluator wants.
@@ -24,7 +24,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from ...data.vqa_vocabulary import answer_vocabulary_from_config
 from ..backbone import FiberBackbone
-from .base import VLModel, build_coarse_heads, build_vl_backbone
+from .base import CoarseModelBase, build_coarse_heads, build_coarse_backbone
 from .heads import CoarseHeads
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @META_ARCH_REGISTRY.register()
-class FiberVQAModel(VLModel):
+class FiberVQAModel(CoarseModelBase):
     """Fused backbone + `CoarseHeads` with the VQA classifier; BCE over the answer vocabulary in training, the top
     answer at inference."""
 
@@ -67,7 +67,7 @@ class FiberVQAModel(VLModel):
     @classmethod
     def from_config(cls, cfg: CfgNode, answers: Sequence[str] | None = None) -> dict[str, Any]:
         """`answers`: the answer vocabulary (default: `answer_vocabulary_from_config(cfg)`)."""
-        backbone = build_vl_backbone(cfg, cls.__name__)
+        backbone = build_coarse_backbone(cfg, cls.__name__)
         answers = answer_vocabulary_from_config(cfg) if answers is None else list(answers)
         return {
             "backbone": backbone,
@@ -82,7 +82,7 @@ class FiberVQAModel(VLModel):
         """Each image with its question, fused -> answer logits [B, A]."""
         missing = [i for i, x in enumerate(batched_inputs) if "image" not in x or "input_ids" not in x]
         if missing:
-            raise ValueError(f"VQA inputs {missing} lack 'image' or 'input_ids' (use VLDatasetMapper, task 'vqa')")
+            raise ValueError(f"VQA inputs {missing} lack 'image' or 'input_ids' (use CoarseDatasetMapper, task 'vqa')")
         images = self.preprocess_images(batched_inputs)
         input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
         image_tokens, text = self.fused_tokens(
@@ -95,7 +95,7 @@ class FiberVQAModel(VLModel):
             return self.inference(batched_inputs)
         missing = [i for i, x in enumerate(batched_inputs) if "vqa_targets" not in x]
         if missing:
-            raise ValueError(f"VQA training inputs {missing} lack 'vqa_targets' (VLDatasetMapper, task 'vqa')")
+            raise ValueError(f"VQA training inputs {missing} lack 'vqa_targets' (CoarseDatasetMapper, task 'vqa')")
         targets = torch.stack([x["vqa_targets"] for x in batched_inputs]).to(self.device)
         if targets.shape[1] != len(self.answers):
             raise ValueError(
@@ -109,7 +109,7 @@ class FiberVQAModel(VLModel):
         """Per question: {"question_id", "answer": str, "scores": [A] probabilities}."""
         missing = [i for i, x in enumerate(batched_inputs) if "question_id" not in x]
         if missing:
-            raise ValueError(f"VQA inputs {missing} have no 'question_id' (use VLDatasetMapper, task 'vqa')")
+            raise ValueError(f"VQA inputs {missing} have no 'question_id' (use CoarseDatasetMapper, task 'vqa')")
         scores = self.answer_logits(batched_inputs).float().sigmoid()
         best = scores.argmax(dim=1).tolist()
         return [

@@ -1,4 +1,4 @@
-"""VLDatasetMapper: an image-text, VQA or caption record -> the inputs of the coarse stage's image-level tasks.
+"""CoarseDatasetMapper: an image-text, VQA or caption record -> the inputs of the coarse models.
 
 Tasks (the record formats are those of `datasets/image_text_pairs.py`, `vqa.py` and `coco_captions.py`):
 - "pretrain" (and its alias "retrieval"): records `file_name, image_id, captions: [str, ...]`. Training: one random
@@ -8,11 +8,11 @@ Tasks (the record formats are those of `datasets/image_text_pairs.py`, `vqa.py` 
 - "caption": records `file_name, image_id, captions`. Training: one random caption and its ids. Inference: the image
   (and the reference `captions` when the record has them).
 
-Output, always: `image` (uint8 [3, S, S], INPUT.FORMAT channels, S = INPUT.VL.IMAGE_SIZE), `height`, `width` (of the
-original image), `image_id`, `file_name`. Token ids are LongTensor [T]: <s> ... </s>, T <= INPUT.VL.MAX_TEXT_LEN
+Output, always: `image` (uint8 [3, S, S], INPUT.FORMAT channels, S = INPUT.COARSE.IMAGE_SIZE), `height`, `width` (of the
+original image), `image_id`, `file_name`. Token ids are LongTensor [T]: <s> ... </s>, T <= INPUT.COARSE.MAX_TEXT_LEN
 (longer texts are truncated, </s> kept last), unpadded.
-Training images: a random resized crop (area fraction in INPUT.VL.CROP_SCALE, aspect ratio in [3/4, 4/3]) resized to
-S x S, then (INPUT.VL.RANDOM_FLIP) a horizontal flip with probability 0.5 that swaps the words "left" and "right" of
+Training images: a random resized crop (area fraction in INPUT.COARSE.CROP_SCALE, aspect ratio in [3/4, 4/3]) resized to
+S x S, then (INPUT.COARSE.RANDOM_FLIP) a horizontal flip with probability 0.5 that swaps the words "left" and "right" of
 the caption, or of the question and its answers. Inference images: resized to S x S, nothing else.
 All random choices use Python's `random` module (MLM through a torch generator seeded from it): `random.seed` makes
 the mapper deterministic.
@@ -135,7 +135,7 @@ def _random_crop_box(height: int, width: int, scale: tuple[float, float]) -> tup
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-class VLDatasetMapper:
+class CoarseDatasetMapper:
     """Reads an image and makes it S x S (training: random crop, maybe a flip); tokenises its text per task."""
 
     @configurable
@@ -170,14 +170,14 @@ class VLDatasetMapper:
         """
         check_on_bad_record(on_bad_record)
         if task not in TASKS:
-            raise ValueError(f"unknown VL task {task!r}; expected one of {TASKS}")
+            raise ValueError(f"unknown coarse task {task!r}; expected one of {TASKS}")
         if image_size < 1:
-            raise ValueError(f"INPUT.VL.IMAGE_SIZE must be positive, got {image_size}")
+            raise ValueError(f"INPUT.COARSE.IMAGE_SIZE must be positive, got {image_size}")
         crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
-            raise ValueError(f"INPUT.VL.CROP_SCALE must be (min, max) with 0 < min <= max <= 1, got {crop_scale}")
+            raise ValueError(f"INPUT.COARSE.CROP_SCALE must be (min, max) with 0 < min <= max <= 1, got {crop_scale}")
         if max_text_len < 2:
-            raise ValueError(f"INPUT.VL.MAX_TEXT_LEN must leave room for <s> and </s>, got {max_text_len}")
+            raise ValueError(f"INPUT.COARSE.MAX_TEXT_LEN must leave room for <s> and </s>, got {max_text_len}")
         if tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no <mask> token, which MLM needs")
         if task == "vqa":
@@ -200,7 +200,7 @@ class VLDatasetMapper:
         self._answer_index = {a: i for i, a in enumerate(self.answer_vocabulary or [])}
         self._special_ids = torch.tensor(sorted(tokenizer.all_special_ids), dtype=torch.long)
         logger.info(
-            "[VLDatasetMapper] task %r, %s: %d x %d images%s", task, "training" if is_train else "inference",
+            "[CoarseDatasetMapper] task %r, %s: %d x %d images%s", task, "training" if is_train else "inference",
             image_size, image_size,
             f", crop scale {crop_scale}, random flip {random_flip}" if is_train else "",
         )
@@ -213,17 +213,17 @@ class VLDatasetMapper:
         task: str = "pretrain",
         answer_vocabulary: list[str] | None = None,
     ) -> dict[str, Any]:
-        vl = cfg.INPUT.VL
+        coarse = cfg.INPUT.COARSE
         return {
             "is_train": is_train,
             "task": task,
-            "image_size": vl.IMAGE_SIZE,
-            "crop_scale": tuple(vl.CROP_SCALE),
-            "random_flip": vl.RANDOM_FLIP,
+            "image_size": coarse.IMAGE_SIZE,
+            "crop_scale": tuple(coarse.CROP_SCALE),
+            "random_flip": coarse.RANDOM_FLIP,
             "image_format": cfg.INPUT.FORMAT,
             "tokenizer": load_tokenizer(cfg.MODEL.FIBER.TOKENIZER),
-            "max_text_len": vl.MAX_TEXT_LEN,
-            "mlm_probability": vl.MLM_PROBABILITY,
+            "max_text_len": coarse.MAX_TEXT_LEN,
+            "mlm_probability": coarse.MLM_PROBABILITY,
             "answer_vocabulary": answer_vocabulary,
             "on_bad_record": cfg.DATASETS.ON_BAD_RECORD,
         }

@@ -1,4 +1,4 @@
-"""mask_tokens, build_answer_vocabulary and VLDatasetMapper (pretrain/retrieval, VQA, caption) on tiny hand-made
+"""mask_tokens, build_answer_vocabulary and CoarseDatasetMapper (pretrain/retrieval, VQA, caption) on tiny hand-made
 records (two tiny images, a tiny tokenizer)."""
 from __future__ import annotations
 
@@ -11,23 +11,23 @@ from detectron2.config import get_cfg
 from PIL import Image
 
 from fiber_d2.config import add_fiber_config
-from fiber_d2.data import vl_mapper
+from fiber_d2.data import coarse_mapper
+from fiber_d2.data.coarse_mapper import CoarseDatasetMapper, build_answer_vocabulary, mask_tokens
 from fiber_d2.data.image_io import ImageError
 from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
-from fiber_d2.data.vl_mapper import VLDatasetMapper, build_answer_vocabulary, mask_tokens
 
 COLOURS = ["red", "blue", "green", "white", "black", "yellow"]
 SHAPES = ["circle", "square", "star", "triangle", "cross"]
 TOKENIZER_TEXTS = [f"{c} {s}. the {c} {s} left of a {s}, right of the {c} one" for c in COLOURS for s in SHAPES] * 4
 TOKENIZER_TEXTS += [f"what colour is the {s} on the left? {c}" for c in COLOURS for s in SHAPES] * 4
-S = 16  # INPUT.VL.IMAGE_SIZE of the tests
+S = 16  # INPUT.COARSE.IMAGE_SIZE of the tests
 CAPTIONS = ["a red circle left of a blue square", "the Left star", "a green cross"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """noise.png (40 x 60, h x w, random RGB), solid.png (30 x 50, one colour) and a tiny tokenizer."""
-    root = tmp_path_factory.mktemp("vl_mapper")
+    root = tmp_path_factory.mktemp("coarse_mapper")
     tokenizer_dir = train_roberta_bpe_tokenizer(TOKENIZER_TEXTS, root / "tok", vocab_size=400)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(root / "noise.png")
@@ -39,7 +39,7 @@ def make_cfg(data, **overrides):
     cfg = get_cfg()
     add_fiber_config(cfg)
     cfg.MODEL.FIBER.TOKENIZER = data["tokenizer"]
-    cfg.INPUT.VL.IMAGE_SIZE = S
+    cfg.INPUT.COARSE.IMAGE_SIZE = S
     for key, value in overrides.items():
         cfg.merge_from_list([key, value])
     return cfg
@@ -135,7 +135,7 @@ def test_answer_vocabulary_order_and_min_count():
 
 
 def test_vqa_soft_targets(data):
-    mapper = VLDatasetMapper(make_cfg(data), True, task="vqa", answer_vocabulary=["blue", "green", "red"])
+    mapper = CoarseDatasetMapper(make_cfg(data), True, task="vqa", answer_vocabulary=["blue", "green", "red"])
     out = mapper(vqa_record(data, answers=["red", "Red", "red."] + ["blue"] * 7))
     assert set(out) == {"image", "height", "width", "image_id", "file_name", "question_id", "question", "input_ids",
                         "vqa_targets"}
@@ -151,23 +151,23 @@ def test_vqa_soft_targets(data):
 
 def test_vqa_inference_and_errors(data):
     cfg = make_cfg(data)
-    test_mapper = VLDatasetMapper(cfg, False, task="vqa", answer_vocabulary=["blue", "red"])
+    test_mapper = CoarseDatasetMapper(cfg, False, task="vqa", answer_vocabulary=["blue", "red"])
     assert "vqa_targets" not in test_mapper(vqa_record(data, answers=None))
     assert torch.allclose(test_mapper(vqa_record(data))["vqa_targets"], torch.tensor([1.0, 0.9]))
-    train_mapper = VLDatasetMapper(cfg, True, task="vqa", answer_vocabulary=["blue", "red"])
+    train_mapper = CoarseDatasetMapper(cfg, True, task="vqa", answer_vocabulary=["blue", "red"])
     with pytest.raises(ValueError, match="image_id 7, question_id 70: 'answers'"):
         train_mapper(vqa_record(data, answers=[]))
     with pytest.raises(ValueError, match="question_id 70: .*'question'"):
         train_mapper(vqa_record(data, question=None))
     with pytest.raises(ValueError, match="answer_vocabulary"):
-        VLDatasetMapper(cfg, True, task="vqa")
+        CoarseDatasetMapper(cfg, True, task="vqa")
     with pytest.raises(ValueError, match="duplicate.*'red'"):
-        VLDatasetMapper(cfg, True, task="vqa", answer_vocabulary=["red", "blue", "red"])
+        CoarseDatasetMapper(cfg, True, task="vqa", answer_vocabulary=["red", "blue", "red"])
 
 
 def test_vqa_flip_swaps_question_and_answers(data, monkeypatch):
-    monkeypatch.setattr(vl_mapper.random, "random", lambda: 0.0)  # always flip
-    mapper = VLDatasetMapper(make_cfg(data), True, task="vqa", answer_vocabulary=["left", "right"])
+    monkeypatch.setattr(coarse_mapper.random, "random", lambda: 0.0)  # always flip
+    mapper = CoarseDatasetMapper(make_cfg(data), True, task="vqa", answer_vocabulary=["left", "right"])
     out = mapper(vqa_record(data, question="is the star on the Left?", answers=["left"] * 10))
     assert out["question"] == "is the star on the Right?"
     assert torch.allclose(out["vqa_targets"], torch.tensor([0.0, 1.0]))
@@ -178,7 +178,7 @@ def test_vqa_flip_swaps_question_and_answers(data, monkeypatch):
 
 @pytest.mark.parametrize("task", ["pretrain", "retrieval"])
 def test_pretrain_training_output(data, task):
-    mapper = VLDatasetMapper(make_cfg(data, **{"INPUT.VL.MLM_PROBABILITY": 0.5}), True, task=task)
+    mapper = CoarseDatasetMapper(make_cfg(data, **{"INPUT.COARSE.MLM_PROBABILITY": 0.5}), True, task=task)
     tokenizer = mapper.tokenizer
     record = pair_record(data)
     out = mapper(record)
@@ -186,7 +186,7 @@ def test_pretrain_training_output(data, task):
                         "mlm_labels"}
     assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, S, S)
     assert (out["height"], out["width"], out["image_id"], out["file_name"]) == (40, 60, 7, data["noise"])
-    assert out["caption"] in CAPTIONS or vl_mapper.swap_left_right(out["caption"], [])[0] in CAPTIONS
+    assert out["caption"] in CAPTIONS or coarse_mapper.swap_left_right(out["caption"], [])[0] in CAPTIONS
     ids, labels, masked = out["input_ids"], out["mlm_labels"], out["mlm_input_ids"]
     assert ids.dtype == torch.long and ids.tolist() == tokenizer(out["caption"])["input_ids"]
     assert masked.shape == labels.shape == ids.shape
@@ -197,7 +197,7 @@ def test_pretrain_training_output(data, task):
 
 
 def test_pretrain_picks_each_caption_and_is_deterministic(data):
-    mapper = VLDatasetMapper(make_cfg(data, **{"INPUT.VL.RANDOM_FLIP": False}), True, task="pretrain")
+    mapper = CoarseDatasetMapper(make_cfg(data, **{"INPUT.COARSE.RANDOM_FLIP": False}), True, task="pretrain")
     picked = set()
     for seed in range(30):
         random.seed(seed)
@@ -211,7 +211,7 @@ def test_pretrain_picks_each_caption_and_is_deterministic(data):
 
 
 def test_truncation_keeps_the_end_token(data):
-    mapper = VLDatasetMapper(make_cfg(data, **{"INPUT.VL.MAX_TEXT_LEN": 5}), True, task="pretrain")
+    mapper = CoarseDatasetMapper(make_cfg(data, **{"INPUT.COARSE.MAX_TEXT_LEN": 5}), True, task="pretrain")
     tokenizer = mapper.tokenizer
     caption = "the red circle left of a blue square and the green star"
     out = mapper(pair_record(data, captions=[caption]))
@@ -219,7 +219,7 @@ def test_truncation_keeps_the_end_token(data):
     assert len(full) > 5
     assert out["input_ids"].tolist() == full[:4] + [tokenizer.eos_token_id]
     assert out["mlm_labels"][-1] == -100
-    test_out = VLDatasetMapper(make_cfg(data, **{"INPUT.VL.MAX_TEXT_LEN": 5}), False, task="pretrain")(
+    test_out = CoarseDatasetMapper(make_cfg(data, **{"INPUT.COARSE.MAX_TEXT_LEN": 5}), False, task="pretrain")(
         pair_record(data, captions=[caption, "red"])
     )
     assert [len(ids) for ids in test_out["captions_input_ids"]] == [5, 3]
@@ -227,9 +227,10 @@ def test_truncation_keeps_the_end_token(data):
 
 @pytest.mark.parametrize("random_value, flipped", [(0.0, True), (0.49, True), (0.5, False), (0.99, False)])
 def test_flip_mirrors_the_image_and_swaps_left_right(data, monkeypatch, random_value, flipped):
-    monkeypatch.setattr(vl_mapper.random, "random", lambda: random_value)
-    cfg = make_cfg(data, **{"INPUT.VL.CROP_SCALE": (1.0, 1.0)})  # no crop: the training image is the resized one
-    out = VLDatasetMapper(cfg, True, task="caption")(pair_record(data, captions=["the Left star, left of the LEFT"]))
+    monkeypatch.setattr(coarse_mapper.random, "random", lambda: random_value)
+    cfg = make_cfg(data, **{"INPUT.COARSE.CROP_SCALE": (1.0, 1.0)})  # no crop: the training image is the resized one
+    record = pair_record(data, captions=["the Left star, left of the LEFT"])
+    out = CoarseDatasetMapper(cfg, True, task="caption")(record)
     resized = pil_resized(data["noise"], S)
     if flipped:
         assert out["caption"] == "the Right star, right of the RIGHT"
@@ -240,26 +241,26 @@ def test_flip_mirrors_the_image_and_swaps_left_right(data, monkeypatch, random_v
 
 
 def test_no_flip_without_random_flip(data, monkeypatch):
-    monkeypatch.setattr(vl_mapper.random, "random", lambda: 0.0)
-    cfg = make_cfg(data, **{"INPUT.VL.CROP_SCALE": (1.0, 1.0), "INPUT.VL.RANDOM_FLIP": False})
-    out = VLDatasetMapper(cfg, True, task="caption")(pair_record(data, captions=["the left star"]))
+    monkeypatch.setattr(coarse_mapper.random, "random", lambda: 0.0)
+    cfg = make_cfg(data, **{"INPUT.COARSE.CROP_SCALE": (1.0, 1.0), "INPUT.COARSE.RANDOM_FLIP": False})
+    out = CoarseDatasetMapper(cfg, True, task="caption")(pair_record(data, captions=["the left star"]))
     assert out["caption"] == "the left star" and torch.equal(out["image"], pil_resized(data["noise"], S))
 
 
 def test_inference_is_a_plain_resize(data):
     cfg = make_cfg(data)
-    out = VLDatasetMapper(cfg, False, task="pretrain")(pair_record(data))
+    out = CoarseDatasetMapper(cfg, False, task="pretrain")(pair_record(data))
     assert torch.equal(out["image"], pil_resized(data["noise"], S))
     assert set(out) == {"image", "height", "width", "image_id", "file_name", "captions", "captions_input_ids"}
     assert out["captions"] == CAPTIONS  # no flip at inference: nothing swapped
     tokenizer = load_tokenizer(data["tokenizer"])
     assert [ids.tolist() for ids in out["captions_input_ids"]] == [tokenizer(c)["input_ids"] for c in CAPTIONS]
-    rgb = VLDatasetMapper(make_cfg(data, **{"INPUT.FORMAT": "RGB"}), False, task="pretrain")(pair_record(data))
+    rgb = CoarseDatasetMapper(make_cfg(data, **{"INPUT.FORMAT": "RGB"}), False, task="pretrain")(pair_record(data))
     assert torch.equal(rgb["image"], out["image"].flip(0))
 
 
 def test_training_crop_of_a_solid_image_stays_solid(data):
-    mapper = VLDatasetMapper(make_cfg(data, **{"INPUT.FORMAT": "RGB"}), True, task="pretrain")
+    mapper = CoarseDatasetMapper(make_cfg(data, **{"INPUT.FORMAT": "RGB"}), True, task="pretrain")
     for seed in range(5):
         random.seed(seed)
         out = mapper({"file_name": data["solid"], "image_id": 3, "captions": ["a red star"]})
@@ -270,24 +271,24 @@ def test_training_crop_of_a_solid_image_stays_solid(data):
 def test_random_crop_boxes():
     for seed in range(200):
         random.seed(seed)
-        x0, y0, w, h = vl_mapper._random_crop_box(40, 60, (0.3, 0.8))
+        x0, y0, w, h = coarse_mapper._random_crop_box(40, 60, (0.3, 0.8))
         assert 0 <= x0 and x0 + w <= 60 and 0 <= y0 and y0 + h <= 40
         assert 0.3 - 0.05 <= w * h / (40 * 60) <= 0.8 + 0.05  # the area fraction, up to rounding to whole pixels
         assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
     random.seed(0)
-    first = vl_mapper._random_crop_box(40, 60, (0.3, 0.8))
+    first = coarse_mapper._random_crop_box(40, 60, (0.3, 0.8))
     random.seed(0)
-    assert vl_mapper._random_crop_box(40, 60, (0.3, 0.8)) == first
-    assert vl_mapper._random_crop_box(40, 60, (1.0, 1.0)) == (0, 0, 60, 40)
+    assert coarse_mapper._random_crop_box(40, 60, (0.3, 0.8)) == first
+    assert coarse_mapper._random_crop_box(40, 60, (1.0, 1.0)) == (0, 0, 60, 40)
     random.seed(0)
-    assert vl_mapper._random_crop_box(10, 100, (0.9, 1.0)) == (43, 0, 13, 10)  # no draw fits: centred, ratio 4/3
+    assert coarse_mapper._random_crop_box(10, 100, (0.9, 1.0)) == (43, 0, 13, 10)  # no draw fits: centred, ratio 4/3
 
 
 def test_caption_task(data):
     cfg = make_cfg(data)
-    out = VLDatasetMapper(cfg, True, task="caption")(pair_record(data))
+    out = CoarseDatasetMapper(cfg, True, task="caption")(pair_record(data))
     assert set(out) == {"image", "height", "width", "image_id", "file_name", "caption", "input_ids"}
-    test_mapper = VLDatasetMapper(cfg, False, task="caption")
+    test_mapper = CoarseDatasetMapper(cfg, False, task="caption")
     assert test_mapper(pair_record(data))["captions"] == CAPTIONS
     bare = {"file_name": data["noise"], "image_id": 8}
     assert set(test_mapper(bare)) == {"image", "height", "width", "image_id", "file_name"}
@@ -295,17 +296,17 @@ def test_caption_task(data):
 
 def test_bad_records_and_settings_are_named(data):
     cfg = make_cfg(data)
-    train_mapper = VLDatasetMapper(cfg, True, task="pretrain")
+    train_mapper = CoarseDatasetMapper(cfg, True, task="pretrain")
     for captions in (None, []):
         record = {k: v for k, v in pair_record(data, captions=captions).items() if v is not None}
         with pytest.raises(ValueError, match=f"file {data['noise']}, image_id 7: the record has no captions"):
             train_mapper(record)
     with pytest.raises(ValueError, match="image_id 7: caption #1 is not a non-empty str"):
-        VLDatasetMapper(cfg, False, task="retrieval")(pair_record(data, captions=["a star", "  "]))
+        CoarseDatasetMapper(cfg, False, task="retrieval")(pair_record(data, captions=["a star", "  "]))
     with pytest.raises(ImageError, match="noise.png, image_id 7: the image is 40x60 \\(height x width\\), the record "
                                          "says 41x60$"):
         train_mapper(pair_record(data, height=41))  # the record's size is not the image's
-    with pytest.raises(ValueError, match="unknown VL task 'detection'"):
-        VLDatasetMapper(cfg, True, task="detection")
+    with pytest.raises(ValueError, match="unknown coarse task 'detection'"):
+        CoarseDatasetMapper(cfg, True, task="detection")
     with pytest.raises(ValueError, match="CROP_SCALE"):
-        VLDatasetMapper(make_cfg(data, **{"INPUT.VL.CROP_SCALE": (0.0, 1.0)}), True)
+        CoarseDatasetMapper(make_cfg(data, **{"INPUT.COARSE.CROP_SCALE": (0.0, 1.0)}), True)

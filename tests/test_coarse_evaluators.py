@@ -281,7 +281,7 @@ def test_caption_evaluator(register, tmp_path, monkeypatch):
     assert evaluator.evaluate() == {"caption": {"CIDEr": pytest.approx(3.75)}}
 
 
-def test_build_evaluator_for_image_level_tasks(register):
+def test_build_evaluator_for_coarse_tasks(register):
     cfg = get_cfg()
     add_fiber_config(cfg)
     assert isinstance(build_evaluator(cfg, register([], evaluator_type="retrieval")), RetrievalEvaluator)
