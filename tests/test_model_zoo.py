@@ -63,3 +63,72 @@ def test_export_cli_refuses_output_outside_the_zoo(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "--output must lie under" in result.stderr
+
+
+def test_record_metrics_keeps_the_entry_and_refuses_unknown_configs(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    model_zoo.write_manifest({"b.yaml": {"file": "b", "sha256": "0"}, "a.yaml": {"file": "a", "sha256": "1"}}, manifest)
+    assert list(json.loads(manifest.read_text())) == ["a.yaml", "b.yaml"]  # sorted
+    metrics = {"val": {"bbox": {"AP50": 81.25}}}
+    model_zoo.record_metrics({"a.yaml": metrics}, manifest)
+    assert model_zoo.list_models(manifest)["a.yaml"] == {"file": "a", "sha256": "1", "metrics": metrics}
+    with pytest.raises(KeyError, match="no weights for 'c.yaml'"):
+        model_zoo.record_metrics({"c.yaml": metrics}, manifest)
+    assert not (tmp_path / "manifest.json.tmp").exists()
+
+
+def _zoo_demo():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import zoo_demo
+    finally:
+        sys.path.pop(0)
+    return zoo_demo
+
+
+def test_zoo_demo_tables_and_comparison_with_recorded_metrics():
+    demo = _zoo_demo()
+    results = {
+        "fiber_shapes_colorshape_val": {"bbox": {"AP": 61.234, "AP50": 83.456, "APs": 40.0}},
+        "fiber_shapes_refexp_val": {"refexp": {"P@1": 82.04, "P@5": 99.0}},
+        "fiber_shapes_vqa_val": {"vqa": {"accuracy": 85.5, "accuracy_yes/no": 90.0}},
+    }
+    headline = demo.headline_metrics(results)
+    assert headline == {
+        "fiber_shapes_colorshape_val": {"bbox": {"AP": 61.23, "AP50": 83.46}},
+        "fiber_shapes_refexp_val": {"refexp": {"P@1": 82.04}},
+        "fiber_shapes_vqa_val": {"vqa": {"accuracy": 85.5}},
+    }
+    assert demo.differences(results, headline) == []
+    changed = json.loads(json.dumps(headline))
+    changed["fiber_shapes_refexp_val"]["refexp"]["P@1"] = 82.2  # 82.0 shown against 82.2
+    assert demo.differences(results, changed) == ["fiber_shapes_refexp_val refexp P@1: 82.04 here, 82.2 recorded"]
+    rows = demo.headline_rows("zoo/x.yaml", results)
+    assert ("zoo/x.yaml", "fiber_shapes_colorshape_val", "AP50", 83.456) in rows and len(rows) == 4
+    table = demo.markdown_table(rows)
+    assert "| zoo/x.yaml | fiber_shapes_colorshape_val | AP50 | 83.5 |" in table.splitlines()
+    compared = demo.comparison_table({"fiber_shapes_colorshape_val": {"bbox": {"AP50": 14.5}}}, headline, "scratch")
+    assert "| fiber_shapes_colorshape_val | AP50 | 14.5 | 83.5 |" in compared.splitlines()
+    assert "| fiber_shapes_refexp_val | P@1 | - | 82.0 |" in compared.splitlines()
+
+
+SHIPPED = sorted(model_zoo.list_models())
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_shipped_file_has_the_recorded_sha256_size_and_metrics(config):
+    entry = model_zoo.list_models()[config]
+    path = Path(model_zoo.get_checkpoint_path(config))  # raises unless the sha256 matches
+    assert path.stat().st_size == entry["bytes"] <= 10 * 1024 * 1024
+    assert entry["metrics"], config  # published with its metrics (tools/zoo_demo.py --record)
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_shipped_model_loads_with_no_missing_or_unexpected_keys(config):
+    from detectron2.modeling import build_model
+
+    cfg = model_zoo.get_config(config, trained=True)
+    model = build_model(cfg)
+    weights = load_file(cfg.MODEL.WEIGHTS)
+    incompatible = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []

@@ -10,7 +10,6 @@ Loads go through fiber_d2.checkpoint.io (no pickled code runs). Prints the file'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="where to write, under model_zoo/")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="floating tensors' dtype")
     args = parser.parse_args(argv)
-    from fiber_d2.model_zoo import sha256_of
+    from fiber_d2.model_zoo import list_models, sha256_of, write_manifest
     from fiber_d2.model_zoo.export import export_weights
 
     output = Path(args.output).resolve()
@@ -46,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"export_zoo_model.py: error: {output} would be {size / 2**20:.1f} MiB, above the zoo's 10 MiB")
 
     digest = sha256_of(output)
-    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+    manifest = list_models(MANIFEST) if MANIFEST.is_file() else {}
+    # a new file's metrics are measured again (tools/zoo_demo.py --record)
     manifest[args.config] = {"file": relative.as_posix(), "sha256": digest, "bytes": size}
-    MANIFEST.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    write_manifest(manifest, MANIFEST)
     print(f"{relative.as_posix()}: {size} bytes ({size / 2**20:.2f} MiB), sha256 {digest}")
     return 0
 

@@ -13,7 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ZooChecksumError", "get_checkpoint_path", "get_config", "get_config_file", "list_models", "sha256_of"]
+__all__ = [
+    "ZooChecksumError", "get_checkpoint_path", "get_config", "get_config_file", "list_models", "record_metrics",
+    "sha256_of", "write_manifest",
+]
 
 _HERE = Path(__file__).resolve().parent
 _REPO = _HERE.parents[1]
@@ -42,6 +45,25 @@ def list_models(manifest: str | os.PathLike | None = None) -> dict[str, dict[str
     """The zoo's entries: {config path: {"file": ..., "sha256": ..., other recorded fields}}."""
     with open(manifest or _MANIFEST, encoding="utf-8") as f:
         return json.load(f)
+
+
+def write_manifest(models: dict[str, dict[str, Any]], manifest: str | os.PathLike | None = None) -> None:
+    """Write the zoo's entries (sorted by config) through a temporary file and a rename."""
+    path = Path(manifest or _MANIFEST)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(dict(sorted(models.items())), indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def record_metrics(metrics: dict[str, dict], manifest: str | os.PathLike | None = None) -> None:
+    """Store each model's published metrics, {config: {dataset: {task: {metric: value}}}}, in its manifest entry
+    (under "metrics"; MODEL_ZOO.md shows them and `make demo` checks its own evaluation against them)."""
+    models = list_models(manifest)
+    for config, values in metrics.items():
+        if config not in models:
+            raise KeyError(f"the fiber_d2 model zoo has no weights for {config!r}")
+        models[config]["metrics"] = values
+    write_manifest(models, manifest)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

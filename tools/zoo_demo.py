@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""`make demo`: the FIBER-Shapes model zoo (MODEL_ZOO.md) evaluated on its held-out test sets, and drawn.
+
+For every model in fiber_d2/model_zoo/manifest.json: its config, its weights (sha256 checked), evaluated on the
+config's test sets by train_net.py's own Trainer.test and evaluators. One Markdown table of the headline metrics is
+printed and written to OUTPUT/results.md ({config: {dataset: {task: {metric}}}} to OUTPUT/results.json). The grounding
+detector then draws a few validation images three ways: all category names, the phrases of a caption (found
+automatically, as GLIP's demo does) and a referring expression (its best box), as OUTPUT/*.png.
+
+    python tools/zoo_demo.py --output output/demo [--models fiber_shapes/zoo/grounding.yaml ...] [--pictures 4]
+    python tools/zoo_demo.py --record        # (building the zoo) store the metrics in the manifest for MODEL_ZOO.md
+    python tools/zoo_demo.py --compare output/demo_train/results.json   # a results.json next to the zoo detector's
+
+The metrics each zoo model was published with are in the manifest ("metrics"); the demo says whether its own
+evaluation gives the same numbers (to the 0.1 the table shows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+PROG = "zoo_demo.py"
+# task -> the metrics the table shows, with their labels
+HEADLINES = {
+    "bbox": (("AP50", "AP50"), ("AP", "AP")),
+    "grounding": (("R@1", "R@1"),),
+    "refexp": (("P@1", "P@1"),),
+    "retrieval": (("tr_R@1", "image-to-text R@1"), ("ir_R@1", "text-to-image R@1")),
+    "vqa": (("accuracy", "accuracy"),),
+    "caption": (("CIDEr", "CIDEr-D"), ("pairs_all_present", "% captions naming only present pairs")),
+}
+PICTURE_THRESHOLD = 0.3  # detections drawn: those scoring at least this (names and caption pictures)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="output/demo", help="directory for results and pictures (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", metavar="CONFIG",
+                        help="zoo configs (relative to configs/) to run (default: every model in the zoo)")
+    parser.add_argument("--pictures", type=int, default=3, metavar="N",
+                        help="validation images drawn each way by the grounding detector (default: %(default)s)")
+    parser.add_argument("--record", action="store_true",
+                        help="store the headline metrics in fiber_d2/model_zoo/manifest.json (building the zoo)")
+    parser.add_argument("--compare", metavar="RESULTS_JSON",
+                        help="only print this train_net.py results.json next to the zoo detector's recorded metrics")
+    return parser.parse_args(argv)
+
+
+def headline_rows(config: str, results: dict) -> list[tuple[str, str, str, float]]:
+    """(config, test set, metric label, value) for the headline metrics of one model's
+    {dataset: {task: {metric: value}}} results."""
+    rows = []
+    for dataset, tasks in results.items():
+        for task, metrics in tasks.items():
+            for metric, label in HEADLINES.get(task, ()):
+                if metric in metrics:
+                    rows.append((config, dataset, label, float(metrics[metric])))
+    return rows
+
+
+def headline_metrics(results: dict) -> dict:
+    """The headline metrics of {dataset: {task: {metric: value}}} results, in the same layout, rounded to 0.01."""
+    kept: dict = {}
+    for dataset, tasks in results.items():
+        for task, metrics in tasks.items():
+            for metric, _ in HEADLINES.get(task, ()):
+                if metric in metrics:
+                    kept.setdefault(dataset, {}).setdefault(task, {})[metric] = round(float(metrics[metric]), 2)
+    return kept
+
+
+def differences(results: dict, recorded: dict) -> list[str]:
+    """Headline metrics of `results` that differ from `recorded` at the table's precision (0.1)."""
+    found = headline_metrics(results)
+    out = []
+    for dataset, tasks in recorded.items():
+        for task, metrics in tasks.items():
+            for metric, value in metrics.items():
+                got = found.get(dataset, {}).get(task, {}).get(metric)
+                if got is None or f"{got:.1f}" != f"{value:.1f}":
+                    out.append(f"{dataset} {task} {metric}: {got} here, {value} recorded")
+    return out
+
+
+def comparison_table(results: dict, recorded: dict, label: str) -> str:
+    """A train_net.py results.json's headline metrics next to the zoo's recorded ones, row by row."""
+    lines = [f"| test set | metric | {label} | model zoo |", "|---|---|---|---|"]
+    for dataset, tasks in recorded.items():
+        for task, metrics in tasks.items():
+            for metric, label_ in HEADLINES.get(task, ()):
+                if metric in metrics:
+                    got = results.get(dataset, {}).get(task, {}).get(metric)
+                    shown = "-" if got is None else f"{float(got):.1f}"
+                    lines.append(f"| {dataset} | {label_} | {shown} | {metrics[metric]:.1f} |")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[tuple[str, str, str, float]]) -> str:
+    lines = ["| model (config) | test set | metric | value |", "|---|---|---|---|"]
+    lines += [f"| {config} | {dataset} | {label} | {value:.1f} |" for config, dataset, label, value in rows]
+    return "\n".join(lines)
+
+
+def evaluate(config: str, output_dir: str) -> dict:
+    """{dataset: {task: {metric: value}}} of the zoo model trained with `config`, on the config's test sets."""
+    from fiber_d2 import model_zoo
+    from fiber_d2.checkpoint import FiberCheckpointer
+    from fiber_d2.engine.trainer import Trainer
+
+    cfg = model_zoo.get_config(config, trained=True)
+    cfg.OUTPUT_DIR = output_dir
+    cfg.freeze()
+    model = Trainer.build_model(cfg)
+    FiberCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return Trainer.test(cfg, model)
+
+
+def draw_pictures(config: str, output_dir: str, count: int) -> list[str]:
+    """Draws `count` validation images each way (names, caption, referring expression) with the detector of
+    `config`; returns the files written."""
+    import cv2
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.catalog import Metadata
+
+    from fiber_d2 import model_zoo
+    from fiber_d2.data.image_io import read_image
+    from fiber_d2.engine.predictor import FiberPredictor
+    from fiber_d2.engine.visualizer import LabelFittingVisualizer
+
+    predictor = FiberPredictor(model_zoo.get_config(config, trained=True))
+    names = MetadataCatalog.get("fiber_shapes_colorshape_val").thing_classes
+    captions = DatasetCatalog.get("fiber_shapes_flickr_val")
+    expressions = DatasetCatalog.get("fiber_shapes_refexp_val")
+    written = []
+
+    def save(record: dict, output: dict, kind: str, title: str) -> None:
+        image = read_image(record["file_name"], format="BGR")
+        metadata = Metadata(name=kind, thing_classes=output["label_names"])
+        drawn = LabelFittingVisualizer(image[:, :, ::-1], metadata).draw_instance_predictions(output["instances"])
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        path = os.path.join(output_dir, f"{kind}_{stem}.png")
+        cv2.imwrite(path, drawn.get_image()[:, :, ::-1])
+        written.append(path)
+        print(f"{path}: {title} -> {', '.join(output['text_labels']) or 'nothing'}")
+
+    # one record per image: the first caption and the first expression of each validation image
+    first_caption = {r["file_name"]: r for r in reversed(captions)}
+    first_expression = {r["file_name"]: r for r in reversed(expressions)}
+    files = sorted(first_caption)[:count]
+    for file_name in files:
+        image = read_image(file_name, format="BGR")
+        output = predictor(image, names, score_threshold=PICTURE_THRESHOLD, one_label_per_box=True)
+        save({"file_name": file_name}, output, "names", f"the {len(names)} category names")
+        record = first_caption[file_name]
+        output = predictor.ground(image, record["caption"], score_threshold=PICTURE_THRESHOLD, one_label_per_box=True)
+        save(record, output, "caption", repr(record["caption"]))
+        record = first_expression[file_name]
+        output = predictor.ground(image, record["caption"], [[0, len(record["caption"])]])
+        output["instances"] = output["instances"][:1]  # a referring expression names one object: its best box
+        output["text_labels"] = output["text_labels"][:1]
+        save(record, output, "refexp", repr(record["caption"]))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+    from detectron2.utils.logger import setup_logger
+
+    import fiber_d2  # noqa: F401  (registers fiber_d2's models and datasets)
+    from fiber_d2 import model_zoo
+
+    zoo = model_zoo.list_models()
+    if args.compare:
+        detectors = [c for c in sorted(zoo) if model_zoo.get_config(c).INPUT.DATASET_MAPPER_NAME == "grounding"]
+        if not detectors or "metrics" not in zoo[detectors[0]]:
+            sys.exit(f"{PROG}: error: the model zoo has no grounding detector with recorded metrics")
+        with open(args.compare, encoding="utf-8") as f:
+            run = json.load(f)
+        print(f"\n== {PROG}: {args.compare} next to the zoo's {detectors[0]}\n")
+        print(comparison_table(run, zoo[detectors[0]]["metrics"], "this run") + "\n")
+        return 0
+    configs = args.models or sorted(zoo)
+    unknown = [config for config in configs if config not in zoo]
+    if not zoo or unknown:
+        sys.exit(f"{PROG}: error: the model zoo has no weights for {unknown or 'any config'}; it has: {sorted(zoo)}")
+    os.makedirs(args.output, exist_ok=True)
+    setup_logger(os.path.join(args.output, "log.txt"), name="fiber_d2", abbrev_name="fiber_d2")
+    start = time.perf_counter()
+    results, rows = {}, []
+    for config in configs:
+        model_dir = os.path.join(args.output, os.path.splitext(os.path.basename(config))[0])
+        model_start = time.perf_counter()
+        results[config] = evaluate(config, model_dir)
+        rows += headline_rows(config, results[config])
+        print(f"== {PROG}: {config} evaluated in {time.perf_counter() - model_start:.0f} s", flush=True)
+    for config in configs:
+        if model_zoo.get_config(config).INPUT.DATASET_MAPPER_NAME == "grounding" and args.pictures > 0:
+            draw_pictures(config, args.output, args.pictures)
+    table = markdown_table(rows)
+    mismatches = [f"{config}: {line}" for config in configs if "metrics" in zoo[config]
+                  for line in differences(results[config], zoo[config]["metrics"])]
+    if args.record:
+        model_zoo.record_metrics({config: headline_metrics(results[config]) for config in configs})
+    with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(args.output, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    print(f"\n== {PROG}: the FIBER-Shapes model zoo (MODEL_ZOO.md), {time.perf_counter() - start:.0f} s\n\n{table}\n")
+    if args.record:
+        print(f"== {PROG}: metrics recorded in the manifest")
+    elif mismatches:
+        print(f"== {PROG}: {len(mismatches)} numbers differ from MODEL_ZOO.md's:\n  " + "\n  ".join(mismatches))
+        return 1
+    else:
+        print(f"== {PROG}: every number equals the one MODEL_ZOO.md gives")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
