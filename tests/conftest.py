@@ -1,5 +1,6 @@
-"""Shared fixtures: throw-away dataset registrations, a simulated 2-process gather, and the small colour-shape
-tokenizer of the detector tests (`tokenizer_dir`; a test module may define its own)."""
+"""Shared fixtures: throw-away dataset registrations (`register`; `catalog_names` for names a test registers itself),
+a simulated 2-process gather, and the small colour-shape tokenizer of the detector tests (`tokenizer_dir`; a test
+module may define its own)."""
 from __future__ import annotations
 
 import uuid
@@ -27,6 +28,16 @@ def register():
     for name in names:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def catalog_names():
+    """Names a test registers or loads with metadata; removed from Detectron2's catalogs afterwards."""
+    names = []
+    yield names
+    for name in names:
+        DatasetCatalog.pop(name, None)
+        MetadataCatalog.pop(name, None)
 
 
 class TwoProcesses:
