@@ -42,10 +42,11 @@ $(STAMP): $(INSTALL_INPUTS)
 	touch $@
 	@echo "== make setup: done"
 
-test: setup
+# The model-zoo tests read the default FIBER-Shapes (its tokenizer is the zoo models').
+test: shapes
 	$(PY) -m pytest tests
 
-test-quick: setup
+test-quick: shapes
 	$(PY) -m pytest -m "not slow" tests
 
 shapes: setup

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,16 @@ def test_zoo_demo_tables_and_comparison_with_recorded_metrics():
 
 
 SHIPPED = sorted(model_zoo.list_models())
+FOUND_SCORE = 0.3  # the score zoo_demo.py draws detections from
+
+
+@pytest.fixture(scope="module")
+def shapes_root() -> Path:
+    """The default FIBER-Shapes (its tokenizer is the zoo models'): `make shapes` writes it, `make test` runs that."""
+    root = Path(os.getenv("DETECTRON2_DATASETS", "datasets")) / "fiber_shapes"
+    if not (root / "meta.json").is_file():
+        pytest.fail(f"{root} is missing: the model-zoo tests need FIBER-Shapes (`make shapes`; `make test` makes it)")
+    return root
 
 
 @pytest.mark.parametrize("config", SHIPPED)
@@ -124,7 +135,7 @@ def test_shipped_file_has_the_recorded_sha256_size_and_metrics(config):
 
 
 @pytest.mark.parametrize("config", SHIPPED)
-def test_shipped_model_loads_with_no_missing_or_unexpected_keys(config):
+def test_shipped_model_loads_with_no_missing_or_unexpected_keys(config, shapes_root):
     from detectron2.modeling import build_model
 
     cfg = model_zoo.get_config(config, trained=True)
@@ -132,3 +143,36 @@ def test_shipped_model_loads_with_no_missing_or_unexpected_keys(config):
     weights = load_file(cfg.MODEL.WEIGHTS)
     incompatible = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
+
+
+DETECTORS = [c for c in SHIPPED if model_zoo.get_config(c).INPUT.DATASET_MAPPER_NAME == "grounding"]
+
+
+@pytest.mark.parametrize("config", DETECTORS)
+def test_shipped_detector_finds_the_named_objects_of_five_validation_images(config, shapes_root):
+    """Every object of the first five colour+shape validation images is found: a detection of its own name among
+    those scoring at least FOUND_SCORE, at IoU >= 0.5 with it."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import Boxes, BoxMode, pairwise_iou
+
+    from fiber_d2 import FiberPredictor
+    from fiber_d2.data.image_io import read_image
+
+    predictor = FiberPredictor(model_zoo.get_config(config, trained=True))
+    names = MetadataCatalog.get("fiber_shapes_colorshape_val").thing_classes
+    records = sorted(DatasetCatalog.get("fiber_shapes_colorshape_val"), key=lambda r: r["image_id"])[:5]
+    found, total = [], 0
+    for record in records:
+        output = predictor(read_image(record["file_name"], format="BGR"), names, score_threshold=FOUND_SCORE)
+        boxes = Boxes(torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                                    for a in record["annotations"]], dtype=torch.float32))
+        iou = pairwise_iou(boxes, output["instances"].pred_boxes)  # [objects, detections]
+        for index, annotation in enumerate(record["annotations"]):
+            same_name = torch.tensor([label == names[annotation["category_id"]] for label in output["text_labels"]],
+                                     dtype=torch.bool)
+            hit = bool(((iou[index] >= 0.5) & same_name).any()) if len(same_name) else False
+            found.append((record["image_id"], names[annotation["category_id"]], hit))
+        total += len(record["annotations"])
+    assert total >= 10  # the five images hold enough objects for the check to mean something
+    missed = [(image_id, name) for image_id, name, hit in found if not hit]
+    assert not missed, f"objects not found: {missed}"
