@@ -65,7 +65,7 @@ demo-train: shapes
 	@echo "== make demo-train: results in $(TRAIN_DIR)/results.json, pictures in $(TRAIN_DIR)/visualized/"
 
 # The detector: stage 1 (coarse stage through its hook, then detection prompts), stage 2 (all grounding data) from
-# stage 1's weights. The coarse models (retrieval, VQA, captioning) start from the shipped detector's backbone.
+# stage 1's weights. The coarse models (retrieval, VQA, captioning) start from the backbone of stage 1 at 1000 it.
 zoo: shapes
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding_stage1.yaml \
 		OUTPUT_DIR $(ZOO_DIR)/grounding_stage1
@@ -75,7 +75,7 @@ zoo: shapes
 		--output $(ZOO_WEIGHTS)/grounding.safetensors
 	for task in retrieval vqa caption; do \
 		$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/$$task.yaml OUTPUT_DIR $(ZOO_DIR)/$$task \
-			MODEL.WEIGHTS $(ZOO_WEIGHTS)/grounding.safetensors && \
+			MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_0000999.pth && \
 		$(PY) tools/export_zoo_model.py $(ZOO_DIR)/$$task/model_final.pth --config fiber_shapes/zoo/$$task.yaml \
 			--output $(ZOO_WEIGHTS)/$$task.safetensors || exit 1; \
 	done
