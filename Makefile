@@ -73,12 +73,18 @@ zoo: shapes
 		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_final.pth
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/grounding/model_final.pth --config fiber_shapes/zoo/grounding.yaml \
 		--output $(ZOO_WEIGHTS)/grounding.safetensors
-	for task in retrieval vqa caption; do \
-		$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/$$task.yaml OUTPUT_DIR $(ZOO_DIR)/$$task \
-			MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_0000999.pth && \
-		$(PY) tools/export_zoo_model.py $(ZOO_DIR)/$$task/model_final.pth --config fiber_shapes/zoo/$$task.yaml \
-			--output $(ZOO_WEIGHTS)/$$task.safetensors || exit 1; \
-	done
+	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval \
+		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_0000999.pth
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval/model_final.pth --config fiber_shapes/zoo/retrieval.yaml \
+		--output $(ZOO_WEIGHTS)/retrieval.safetensors
+	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa \
+		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_0000999.pth
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa/model_final.pth --config fiber_shapes/zoo/vqa.yaml \
+		--output $(ZOO_WEIGHTS)/vqa.safetensors
+	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/caption.yaml OUTPUT_DIR $(ZOO_DIR)/caption \
+		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_0000999.pth
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/caption/model_final.pth --config fiber_shapes/zoo/caption.yaml \
+		--output $(ZOO_WEIGHTS)/caption.safetensors
 	$(PY) tools/zoo_demo.py --record --output $(ZOO_DIR)/evaluation
 
 clean:

@@ -346,7 +346,8 @@ def makefile_configs() -> dict[str, set[str]]:
 def test_config_headers_name_the_make_target_that_runs_them():
     """A config's first header line names the make target(s) that run it, and only those."""
     runs = makefile_configs()
-    assert runs["demo"] == {"configs/fiber_shapes/fiber_tiny_demo.yaml"}
+    assert runs["demo-train"] == {"configs/fiber_shapes/fiber_tiny_demo.yaml"}
+    assert "configs/fiber_shapes/zoo/grounding.yaml" in runs["zoo"]
     wrong = []
     for path in CONFIG_FILES:
         first_line = path.read_text().splitlines()[0]
