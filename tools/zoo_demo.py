@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="output/demo", help="directory for results and pictures (default: %(default)s)")
     parser.add_argument("--models", nargs="+", metavar="CONFIG",
                         help="zoo configs (relative to configs/) to run (default: every model in the zoo)")
+    parser.add_argument("--num-processes", type=int, default=min(2, os.cpu_count() or 1), metavar="P",
+                        help="evaluation processes, each with its share of the test sets (default: %(default)s)")
     parser.add_argument("--pictures", type=int, default=3, metavar="N",
                         help="validation images drawn each way by the grounding detector (default: %(default)s)")
     parser.add_argument("--record", action="store_true",
@@ -119,6 +121,29 @@ def evaluate(config: str, output_dir: str) -> dict:
     return Trainer.test(cfg, model)
 
 
+def evaluate_all(configs: list[str], output: str, results_file: str, threads: int) -> None:
+    """One evaluation process: every config evaluated (each process takes its share of each test set; the
+    evaluators gather); the main process writes {config: results} to `results_file`."""
+    import torch
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    import fiber_d2  # noqa: F401  (registers fiber_d2's models and datasets in this process)
+
+    torch.set_num_threads(threads)
+    setup_logger(os.path.join(output, "log.txt"), distributed_rank=comm.get_rank(), name="fiber_d2",
+                 abbrev_name="fiber_d2")
+    results = {}
+    for config in configs:
+        start = time.perf_counter()
+        results[config] = evaluate(config, os.path.join(output, os.path.splitext(os.path.basename(config))[0]))
+        if comm.is_main_process():
+            print(f"== {PROG}: {config} evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+    if comm.is_main_process():
+        with open(results_file, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+
+
 def draw_pictures(config: str, output_dir: str, count: int) -> list[str]:
     """Draws `count` validation images each way (names, caption, referring expression) with the detector of
     `config`; returns the files written."""
@@ -169,10 +194,9 @@ def draw_pictures(config: str, output_dir: str, count: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
-    from detectron2.utils.logger import setup_logger
-
     import fiber_d2  # noqa: F401  (registers fiber_d2's models and datasets)
     from fiber_d2 import model_zoo
+    from fiber_d2.engine import launch
 
     zoo = model_zoo.list_models()
     if args.compare:
@@ -189,15 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     if not zoo or unknown:
         sys.exit(f"{PROG}: error: the model zoo has no weights for {unknown or 'any config'}; it has: {sorted(zoo)}")
     os.makedirs(args.output, exist_ok=True)
-    setup_logger(os.path.join(args.output, "log.txt"), name="fiber_d2", abbrev_name="fiber_d2")
     start = time.perf_counter()
-    results, rows = {}, []
-    for config in configs:
-        model_dir = os.path.join(args.output, os.path.splitext(os.path.basename(config))[0])
-        model_start = time.perf_counter()
-        results[config] = evaluate(config, model_dir)
-        rows += headline_rows(config, results[config])
-        print(f"== {PROG}: {config} evaluated in {time.perf_counter() - model_start:.0f} s", flush=True)
+    results_file = os.path.join(args.output, "results.json")
+    if os.path.exists(results_file):
+        os.remove(results_file)
+    processes = max(1, args.num_processes)
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    launch(evaluate_all, processes, args=(configs, args.output, results_file, threads))
+    with open(results_file, encoding="utf-8") as f:
+        results = json.load(f)
+    rows = [row for config in configs for row in headline_rows(config, results[config])]
     for config in configs:
         if model_zoo.get_config(config).INPUT.DATASET_MAPPER_NAME == "grounding" and args.pictures > 0:
             draw_pictures(config, args.output, args.pictures)
@@ -206,8 +231,6 @@ def main(argv: list[str] | None = None) -> int:
                   for line in differences(results[config], zoo[config]["metrics"])]
     if args.record:
         model_zoo.record_metrics({config: headline_metrics(results[config]) for config in configs})
-    with open(os.path.join(args.output, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
     with open(os.path.join(args.output, "results.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     print(f"\n== {PROG}: the FIBER-Shapes model zoo (MODEL_ZOO.md), {time.perf_counter() - start:.0f} s\n\n{table}\n")
