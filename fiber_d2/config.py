@@ -212,6 +212,11 @@ def _add_coarse_config(cfg: CN) -> None:
     # A non-affine batch norm on the pooled ITC features before the L2 norm (not in FIBER, off for its weights). For
     # encoders trained from scratch: without it, ITC collapses every embedding onto one vector (measured).
     cfg.MODEL.FIBER.COARSE.ITC_BATCH_NORM = False
+    # Normalise the fused image tokens with the last Swin stage's output LayerNorm before the fused heads (ITM, MLM's
+    # image side, VQA) pool them; FIBER pools them raw (False). For a coarse model started from a grounding
+    # detector's backbone, which trained its features through that LayerNorm: the raw tokens then share one large
+    # component that saturates the tanh pooler, and VQA stays at the majority answer per question type (measured).
+    cfg.MODEL.FIBER.COARSE.FUSED_IMAGE_NORM = False
 
     cfg.COARSE_STAGE = CN()
     # Run the coarse stage (FiberCoarseModel on the detector's backbone) inside a detector's train_net.py run.

@@ -119,6 +119,32 @@ def test_vqa_model_overfits_one_batch_and_answers_with_strings(tokenizer_dir):
     assert all(o["scores"].shape == (len(ANSWERS),) and ((o["scores"] > 0) & (o["scores"] < 1)).all() for o in outputs)
 
 
+def test_fused_image_norm_normalises_the_fused_tokens_with_the_last_stage_layernorm(tokenizer_dir):
+    """MODEL.FIBER.COARSE.FUSED_IMAGE_NORM: the fused heads read LayerNorm(raw last-block tokens) with the last
+    stage's output norm, which then trains; off (FIBER), the raw tokens, and the norm is frozen."""
+    cfg = micro_cfg(tokenizer_dir, "FiberVQAModel")
+    cfg.MODEL.FIBER.SWIN.OUT_FEATURES = ["res5"]
+    models = {}
+    for flag in (False, True):
+        cfg.MODEL.FIBER.COARSE.FUSED_IMAGE_NORM = flag
+        torch.manual_seed(0)
+        models[flag] = FiberVQAModel(cfg, answers=ANSWERS).eval()
+    batch = vqa_batch([{"red": 1.0}, {"no": 1.0}])
+    raw_model, normed_model = models[False], models[True]
+    with torch.no_grad():
+        images = raw_model.preprocess_images(batch)
+        ids, mask = raw_model.pad_texts([x["input_ids"] for x in batch])
+        states = [(m.backbone.encode_image_lower(images), m.backbone.encode_text_lower(ids, mask)) for m in models.values()]
+        raw, raw_text = raw_model.fused_tokens(*states[0])
+        normed, normed_text = normed_model.fused_tokens(*states[1])
+    norm = normed_model.backbone.image.out_norms["res5"]
+    torch.testing.assert_close(normed, norm(raw), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(normed_text, raw_text)
+    assert normed.std(-1).mean() == pytest.approx(1.0, abs=0.05) and not torch.allclose(raw, normed)
+    assert all(p.requires_grad for p in normed_model.backbone.image.out_norms.parameters())
+    assert not any(p.requires_grad for p in raw_model.backbone.image.out_norms.parameters())
+
+
 def test_vqa_model_rejects_targets_of_another_vocabulary(tokenizer_dir):
     model = FiberVQAModel(micro_cfg(tokenizer_dir, "FiberVQAModel"), answers=ANSWERS)
     batch = vqa_batch([{"red": 1.0}])

@@ -4,7 +4,8 @@ They read `CoarseDatasetMapper` outputs (S x S uint8 images, unpadded token ids)
 coarse-stage heads (`CoarseHeads`) on the last Swin stage's tokens and the text tokens. As in FIBER's coarse stage
 (coarse_grained/fiber/modules/fiber_module.py, `infer`), the unfused image side (ITC) reads the last stage after
 Swin's final LayerNorm (`unfused_image_tokens`), the fused side (ITM, MLM, VQA) the raw last-block tokens
-(`fused_tokens`).
+(`fused_tokens`; normalised by that LayerNorm too with MODEL.FIBER.COARSE.FUSED_IMAGE_NORM, for a model started from a
+detector's backbone).
 """
 from __future__ import annotations
 
@@ -56,15 +57,18 @@ class CoarseModelBase(nn.Module):
         pixel_std: Sequence[float],
         pad_token_id: int,
         needs_image_output: bool = True,
+        fused_image_norm: bool = False,
     ) -> None:
         """needs_image_output: the model reads the last Swin stage's normalised output (`unfused_image_tokens`; it
-        must be in SWIN.OUT_FEATURES)."""
+        must be in SWIN.OUT_FEATURES). fused_image_norm: `fused_tokens` normalises the image tokens with that stage's
+        output LayerNorm (it must be in SWIN.OUT_FEATURES)."""
         super().__init__()
         self.backbone = backbone
         self.heads = heads
         self.pad_token_id = pad_token_id
         self.image_feature = backbone.image.stage_names[-1]
-        if needs_image_output and self.image_feature not in backbone.output_shape():
+        self.fused_image_norm = fused_image_norm
+        if (needs_image_output or fused_image_norm) and self.image_feature not in backbone.output_shape():
             raise ValueError(
                 f"{type(self).__name__} reads the last Swin stage {self.image_feature!r}; add it to "
                 "MODEL.FIBER.SWIN.OUT_FEATURES"
@@ -102,9 +106,11 @@ class CoarseModelBase(nn.Module):
 
     def fused_tokens(self, image_state: ImageState, text_state: TextState) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower states -> fused pass (FusionMode.ON) -> (last Swin block's tokens [B, N, C] with no final LayerNorm,
-        text hidden states [B, T, D], the last layer's LayerNorm left out when MODEL.FIBER.TEXT.SKIP_FINAL_NORM), as
-        FIBER's fused path."""
+        unless `fused_image_norm`; text hidden states [B, T, D], the last layer's LayerNorm left out when
+        MODEL.FIBER.TEXT.SKIP_FINAL_NORM), as FIBER's fused path."""
         image, text = self.backbone.fuse(image_state, text_state, FusionMode.ON)
+        if self.fused_image_norm:
+            return self.backbone.image.out_norms[self.image_feature](image.tokens), text.hidden
         return image.tokens, text.hidden
 
     def freeze_unused(self, modules: Sequence[nn.Module | nn.Parameter]) -> None:

@@ -48,8 +48,9 @@ class FiberCoarseModel(CoarseModelBase):
         pad_token_id: int,
         objectives: Sequence[str] = OBJECTIVES,
         queue_size: int = 0,
+        fused_image_norm: bool = False,
     ) -> None:
-        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id)
+        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, fused_image_norm=fused_image_norm)
         unknown = sorted(set(objectives) - set(OBJECTIVES))
         if unknown or not objectives:
             raise ValueError(f"MODEL.FIBER.COARSE.OBJECTIVES must be a non-empty subset of {OBJECTIVES}, got {objectives}")
@@ -81,6 +82,7 @@ class FiberCoarseModel(CoarseModelBase):
             "pad_token_id": backbone.text.model.config.pad_token_id,
             "objectives": coarse.OBJECTIVES,
             "queue_size": coarse.ITC_QUEUE_SIZE,
+            "fused_image_norm": coarse.FUSED_IMAGE_NORM,
         }
 
     def encode_unfused(

@@ -54,15 +54,19 @@ class FiberVQAModel(CoarseModelBase):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         pad_token_id: int,
+        fused_image_norm: bool = False,
     ) -> None:
-        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, needs_image_output=False)
+        super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, needs_image_output=False,
+                         fused_image_norm=fused_image_norm)
         if not answers or len(set(answers)) < len(answers):
             raise ValueError("the VQA answer vocabulary must be a non-empty list of unique answers")
         if heads.vqa is None or heads.vqa[-1].out_features != len(answers):
             raise ValueError(f"the heads need a VQA classifier over {len(answers)} answers (CoarseHeads num_answers)")
         self.answers = list(answers)
         logger.info("FiberVQAModel: %d answer classes (%s, ...)", len(self.answers), ", ".join(self.answers[:5]))
-        self.freeze_unused([heads.itc, heads.itm, heads.mlm, heads.temperature, backbone.image.out_norms])
+        self.freeze_unused([heads.itc, heads.itm, heads.mlm, heads.temperature])
+        if not fused_image_norm:
+            self.freeze_unused([backbone.image.out_norms])
 
     @classmethod
     def from_config(cls, cfg: CfgNode, answers: Sequence[str] | None = None) -> dict[str, Any]:
@@ -76,6 +80,7 @@ class FiberVQAModel(CoarseModelBase):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "pad_token_id": backbone.text.model.config.pad_token_id,
+            "fused_image_norm": cfg.MODEL.FIBER.COARSE.FUSED_IMAGE_NORM,
         }
 
     def answer_logits(self, batched_inputs: Sequence[dict]) -> torch.Tensor:
