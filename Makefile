@@ -64,13 +64,14 @@ demo-train: shapes
 	$(PY) tools/zoo_demo.py --compare $(TRAIN_DIR)/results.json
 	@echo "== make demo-train: results in $(TRAIN_DIR)/results.json, pictures in $(TRAIN_DIR)/visualized/"
 
-# The detector: stage 1 (coarse stage through its hook, then detection prompts), stage 2 (all grounding data) from
-# stage 1's weights. The coarse models (retrieval, VQA, captioning) start from the backbone of stage 1 at 1000 it.
+# The detector: stage 1 (coarse stage through its hook, then detection prompts), then stage 2 (all grounding data)
+# from stage 1's weights, evaluated by the last command on the exported file. The coarse models (retrieval, VQA,
+# captioning) start from the backbone of stage 1 at 1000 iterations.
 zoo: shapes
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding_stage1.yaml \
 		OUTPUT_DIR $(ZOO_DIR)/grounding_stage1
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding.yaml OUTPUT_DIR $(ZOO_DIR)/grounding \
-		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_final.pth
+		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_final.pth DATASETS.TEST "()"
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/grounding/model_final.pth --config fiber_shapes/zoo/grounding.yaml \
 		--output $(ZOO_WEIGHTS)/grounding.safetensors
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval \

@@ -176,3 +176,14 @@ def test_shipped_detector_finds_the_named_objects_of_five_validation_images(conf
     assert total >= 10  # the five images hold enough objects for the check to mean something
     missed = [(image_id, name) for image_id, name, hit in found if not hit]
     assert not missed, f"objects not found: {missed}"
+
+
+def test_model_zoo_md_shows_the_recorded_metrics_of_every_shipped_model():
+    """MODEL_ZOO.md holds, verbatim, the table `make demo` prints from the metrics recorded in the manifest."""
+    demo = _zoo_demo()
+    zoo = model_zoo.list_models()
+    rows = [row for config in sorted(zoo) for row in demo.headline_rows(config, zoo[config]["metrics"])]
+    text = (REPO / "MODEL_ZOO.md").read_text()
+    assert demo.markdown_table(rows) in text
+    for config, entry in zoo.items():
+        assert entry["sha256"] in text and f"`configs/{config}`" in text, config
