@@ -37,8 +37,10 @@ PICTURE_THRESHOLD = 0.3  # detections drawn: those scoring at least this (names 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="output/demo", help="directory for results and pictures (default: %(default)s)")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=formatter)
+    parser.add_argument("--output", default="output/demo",
+                        help="directory for results and pictures (default: %(default)s)")
     parser.add_argument("--models", nargs="+", metavar="CONFIG",
                         help="zoo configs (relative to configs/) to run (default: every model in the zoo)")
     parser.add_argument("--num-processes", type=int, default=min(2, os.cpu_count() or 1), metavar="P",
