@@ -134,7 +134,8 @@ def test_fused_image_norm_normalises_the_fused_tokens_with_the_last_stage_layern
     with torch.no_grad():
         images = raw_model.preprocess_images(batch)
         ids, mask = raw_model.pad_texts([x["input_ids"] for x in batch])
-        states = [(m.backbone.encode_image_lower(images), m.backbone.encode_text_lower(ids, mask)) for m in models.values()]
+        states = [(m.backbone.encode_image_lower(images), m.backbone.encode_text_lower(ids, mask))
+                  for m in models.values()]
         raw, raw_text = raw_model.fused_tokens(*states[0])
         normed, normed_text = normed_model.fused_tokens(*states[1])
     norm = normed_model.backbone.image.out_norms["res5"]

@@ -85,7 +85,8 @@ def get_checkpoint_path(
     FileNotFoundError for a missing file and ZooChecksumError for a file that differs."""
     models = list_models(manifest)
     if config_path not in models:
-        raise KeyError(f"the fiber_d2 model zoo has no weights for {config_path!r}; it has: {', '.join(sorted(models))}")
+        known = ", ".join(sorted(models))
+        raise KeyError(f"the fiber_d2 model zoo has no weights for {config_path!r}; it has: {known}")
     entry = models[config_path]
     roots = [Path(root) for root in (weight_roots or _WEIGHT_ROOTS)]
     for root in roots:
