@@ -67,13 +67,14 @@ def headline_rows(config: str, results: dict) -> list[tuple[str, str, str, float
 
 
 def headline_metrics(results: dict) -> dict:
-    """The headline metrics of {dataset: {task: {metric: value}}} results, in the same layout, rounded to 0.01."""
+    """The headline metrics of {dataset: {task: {metric: value}}} results, in the same layout (values as they are, so
+    that tables of recorded and of new results round them alike)."""
     kept: dict = {}
     for dataset, tasks in results.items():
         for task, metrics in tasks.items():
             for metric, _ in HEADLINES.get(task, ()):
                 if metric in metrics:
-                    kept.setdefault(dataset, {}).setdefault(task, {})[metric] = round(float(metrics[metric]), 2)
+                    kept.setdefault(dataset, {}).setdefault(task, {})[metric] = float(metrics[metric])
     return kept
 
 
