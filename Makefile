@@ -64,14 +64,17 @@ demo-train: shapes
 	$(PY) tools/zoo_demo.py --compare $(TRAIN_DIR)/results.json
 	@echo "== make demo-train: results in $(TRAIN_DIR)/results.json, pictures in $(TRAIN_DIR)/visualized/"
 
-# The detector: stage 1 (coarse stage through its hook, then detection prompts), then stage 2 (all grounding data)
-# from stage 1's weights, evaluated by the last command on the exported file. (The coarse models' recipes,
-# configs/fiber_shapes/zoo/{retrieval,vqa,caption}.yaml, do not reach useful numbers yet: docs/EXPERIMENTS.md.)
+# The detector: stage 1 (coarse stage through its hook, then detection prompts), then stages 2 and 3 (all grounding
+# data, the second a longer continuation of the first), each from the previous stage's weights, evaluated by the last
+# command on the exported file. (The coarse models' recipes, configs/fiber_shapes/zoo/{retrieval,vqa,caption}.yaml,
+# do not reach useful numbers yet: docs/EXPERIMENTS.md.)
 zoo: shapes
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding_stage1.yaml \
 		OUTPUT_DIR $(ZOO_DIR)/grounding_stage1
+	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding_stage2.yaml \
+		OUTPUT_DIR $(ZOO_DIR)/grounding_stage2 MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_final.pth DATASETS.TEST "()"
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding.yaml OUTPUT_DIR $(ZOO_DIR)/grounding \
-		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage1/model_final.pth DATASETS.TEST "()"
+		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage2/model_final.pth DATASETS.TEST "()"
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/grounding/model_final.pth --config fiber_shapes/zoo/grounding.yaml \
 		--output $(ZOO_WEIGHTS)/grounding.safetensors
 	$(PY) tools/zoo_demo.py --record --output $(ZOO_DIR)/evaluation
