@@ -366,6 +366,7 @@ def test_train_rows_are_consistent(shapes_datasets):
     for row in steps:
         assert 0 < row["step_ms_min"] <= row["step_ms"] and 0 <= row["data_ms"] <= row["step_ms"]
         assert row["cpu_ms"] > 0
+        assert row["peak_memory_mib"] is None  # CUDA only
         assert row["images_per_s"] == pytest.approx(2 / (row["step_ms"] / 1e3), rel=1e-3)
     loader, fixed, baseline = steps
     assert fixed["data_ms"] <= 0.05 * fixed["step_ms"]  # replayed from memory
@@ -374,6 +375,15 @@ def test_train_rows_are_consistent(shapes_datasets):
     assert summary["ours_over_baseline"] == pytest.approx(fixed["step_ms"] / baseline["step_ms"], rel=1e-3)
     assert summary["ours_over_baseline_cpu"] == pytest.approx(fixed["cpu_ms"] / baseline["cpu_ms"], rel=1e-3)
     assert summary["ours_over_baseline_paired"] > 0 and summary["ours_over_baseline_cpu_paired"] > 0
+
+
+def test_train_step_row_reports_the_largest_cuda_peak_in_mib():
+    times = {"step": [0.3, 0.1, 0.2], "cpu": [0.2, 0.2, 0.4], "data": [0.0, 0.01, 0.02],
+             "peak": [3 * 2**20, 5.5 * 2**20, 4 * 2**20]}
+    row = train.step_row({"bench": "train"}, "ours", "fixed", times, batch=4, params=7)
+    assert (row["step_ms"], row["step_ms_min"], row["cpu_ms"], row["data_ms"]) == (200.0, 100.0, 200.0, 10.0)
+    assert row["images_per_s"] == 20.0 and row["peak_memory_mib"] == 5.5 and row["params"] == 7
+    assert train.step_row({}, "ours", "fixed", {**times, "peak": []}, batch=4, params=7)["peak_memory_mib"] is None
 
 
 def run_cli(*args: str, datasets: Path | None = None) -> subprocess.CompletedProcess:
@@ -410,3 +420,29 @@ def test_cli_missing_dataset_is_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]  # the dataset code words the rest: it names the dataset and file
     assert last.startswith("benchmark.py: error: dataset 'fiber_shapes_colorshape_train': ")
     assert str(annotations) in last
+
+
+def test_gpu_script_runs_every_gpu_row_and_counts_failures(tmp_path):
+    """tools/gpu_benchmarks.sh with a stand-in for Python that logs its arguments and fails the `lvis` runs."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho \'{{"bench": "x"}}\'\ncase "$2" in lvis) '
+                    'echo "lvis broke" >&2; exit 1;; esac\n')
+    fake.chmod(0o755)
+    (tmp_path / "datasets" / "fiber_shapes").mkdir(parents=True)
+    (tmp_path / "datasets" / "fiber_shapes" / "meta.json").write_text("{}")
+    out = tmp_path / "rows"
+    env = dict(os.environ, PYTHON=str(fake), SMOKE="1", DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_benchmarks.sh"), str(out)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # the two lvis runs
+    assert "lvis_fp32 failed: lvis broke" in proc.stdout and "2 failed" in proc.stdout
+    lines = calls.read_text().splitlines()
+    assert [line.split()[1] for line in lines] == ["latency", "lvis", "lvis", "train", "train", "train", "train"]
+    assert all(line.split()[0] == "tools/benchmark.py" and "--device cpu" in line for line in lines)
+    assert "--size 64x96" in lines[0] and "--dtypes fp32,bf16" in lines[0] and "coco_zeroshot.yaml" in lines[0]
+    assert lines[2].endswith("MODEL.FIBER.INFERENCE_DTYPE bfloat16") and "--amp" in lines[4] and "--amp" in lines[6]
+    assert "fine_pretrain_goldg_o365.yaml" in lines[5] and "SOLVER.IMS_PER_BATCH 2" in lines[5]
+    names = ["latency_fiber_b", "train_tiny_fp32", "train_tiny_amp", "train_fiber_b_fp32", "train_fiber_b_amp"]
+    for name in names:
+        assert (out / f"{name}.jsonl").read_text() == '{"bench": "x"}\n'

@@ -98,10 +98,14 @@ def time_steps(trainers: dict[str, Trainer], steps: int, warmup: int, device: to
                storage: EventStorage) -> dict[str, dict]:
     """Run warmup + steps training steps of each trainer, alternating; per trainer the timed steps' wall seconds
     ("step"), this process's CPU seconds in them ("cpu": all its threads, not the loader's worker processes), and
-    the loader waits the step measured and put in `storage` ("data")."""
-    times = {name: {"step": [], "cpu": [], "data": []} for name in trainers}
+    the loader waits the step measured and put in `storage` ("data"); on CUDA also the peak of the device memory
+    allocated during each step, in bytes ("peak": every tensor of this process, the other trainers' included)."""
+    cuda = device.type == "cuda"
+    times = {name: {"step": [], "cpu": [], "data": [], "peak": []} for name in trainers}
     for step in range(warmup + steps):
         for name, trainer in trainers.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
             cpu = time.process_time()
             seconds = timed_call(device, trainer.run_step)[1]
             cpu = time.process_time() - cpu
@@ -110,19 +114,23 @@ def time_steps(trainers: dict[str, Trainer], steps: int, warmup: int, device: to
                 times[name]["step"].append(seconds)
                 times[name]["cpu"].append(cpu)
                 times[name]["data"].append(storage.history("data_time").latest())
+                if cuda:
+                    times[name]["peak"].append(torch.cuda.max_memory_allocated(device))
             logger.info("  %s %s %d/%d: %.1f ms", name, "step" if step >= warmup else "warmup",
                         step + 1 - warmup * (step >= warmup), steps if step >= warmup else warmup, 1e3 * seconds)
     return times
 
 
 def step_row(common: dict, variant: str, mode: str, times: dict, batch: int, params: int) -> dict:
-    """One model and phase: median and fastest step, median data wait, images/s at the median step."""
+    """One model and phase: median and fastest step, median data wait, images/s at the median step, and the largest
+    per-step peak of CUDA memory in MiB (None on the CPU)."""
     step = statistics.median(times["step"])
+    peak = rounded(max(times["peak"]) / 2**20, 1) if times["peak"] else None
     return {**common, "metric": "step", "variant": variant, "mode": mode, "params": params,
             "step_ms": rounded(1e3 * step, 2), "step_ms_min": rounded(1e3 * min(times["step"]), 2),
             "cpu_ms": rounded(1e3 * statistics.median(times["cpu"]), 2),
             "data_ms": rounded(1e3 * statistics.median(times["data"]), 2),
-            "images_per_s": rounded(batch / step, 3)}
+            "images_per_s": rounded(batch / step, 3), "peak_memory_mib": peak}
 
 
 def batch_pixels(batches: list[list[dict]]) -> float:
