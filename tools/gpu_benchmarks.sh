@@ -24,10 +24,10 @@ fi
 fiber_b=configs/fiber_b/coco_zeroshot.yaml
 if [ "${SMOKE:-0}" = 1 ]; then
     device=cpu size=64x96 min_size=64 max_size=96 repeats=1 warmup=0 iters=1 train_warmup=0 tiny_batch=2 workers=0
-    lvis_extra=(--num-chunks 2 --threads 1) latency_extra=(--queries 30 --gdino-layers 2 --threads 1)
+    lvis_extra=(--num-chunks 2 --repeats 1 --warmup 0 --threads 1) latency_extra=(--queries 30 --gdino-layers 2 --threads 1)
 else
     device=cuda size=800x1333 min_size=800 max_size=1333 repeats=20 warmup=5 iters=20 train_warmup=10 tiny_batch=64
-    workers=12 lvis_extra=() latency_extra=()
+    workers=12 lvis_extra=(--repeats 3 --warmup 1) latency_extra=()
 fi
 # FIBER-B trained on FIBER-Shapes images resized as the fine stage's (random weights, the FIBER-Shapes tokenizer).
 fiber_b_train=(--config-file configs/fiber_b/fine_pretrain_goldg_o365.yaml --opts
@@ -49,8 +49,8 @@ bench() {  # bench NAME BENCHMARK ARGS...: one benchmark, rows appended to OUT/N
 
 bench latency_fiber_b latency --config-file "$fiber_b" --size "$size" --dtypes fp32,bf16 --repeats "$repeats" \
     --warmup "$warmup" --device "$device" "${latency_extra[@]}"
-bench lvis_fp32 lvis --size "$size" --repeats "$repeats" --warmup "$warmup" --device "$device" "${lvis_extra[@]}"
-bench lvis_bf16 lvis --size "$size" --repeats "$repeats" --warmup "$warmup" --device "$device" "${lvis_extra[@]}" \
+bench lvis_fp32 lvis --size "$size" --device "$device" "${lvis_extra[@]}"
+bench lvis_bf16 lvis --size "$size" --device "$device" "${lvis_extra[@]}" \
     --opts MODEL.FIBER.INFERENCE_DTYPE bfloat16
 bench train_tiny_fp32 train --iters "$iters" --warmup "$train_warmup" --device "$device" "${tiny_train[@]}"
 bench train_tiny_amp train --amp --iters "$iters" --warmup "$train_warmup" --device "$device" "${tiny_train[@]}"
