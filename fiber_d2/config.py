@@ -59,6 +59,7 @@ def add_fiber_config(cfg: CN) -> None:
     _add_detector_config(cfg)
     _add_coarse_input_config(cfg)
     _add_coarse_config(cfg)
+    _add_image_pretraining_config(cfg)
 
 
 def _add_backbone_config(cfg: CN) -> None:
@@ -252,6 +253,17 @@ def _add_coarse_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.CAPTION.BEAM_SIZE = 5
     # Captioning inference: the most tokens generated after <s>, </s> included (FIBER: 50).
     cfg.MODEL.FIBER.CAPTION.MAX_LENGTH = 50
+
+
+def _add_image_pretraining_config(cfg: CN) -> None:
+    """MODEL.FIBER.IMAGE_PRETRAINING: FiberImagePretrainer, the Swin pretrained alone on boxes (not in FIBER)."""
+    cfg.MODEL.FIBER.IMAGE_PRETRAINING = CN()
+    # Classes of the detection data set whose boxes give the targets (FIBER-Shapes colour+shape: 48).
+    cfg.MODEL.FIBER.IMAGE_PRETRAINING.NUM_CLASSES = 48
+    # Initial probability of every class at every token (the classifiers' bias), as RetinaNet's prior.
+    cfg.MODEL.FIBER.IMAGE_PRETRAINING.PRIOR_PROB = 0.01
+    # Weight of the image-level loss (which classes the image holds) against the per-token ones.
+    cfg.MODEL.FIBER.IMAGE_PRETRAINING.PRESENCE_LOSS_WEIGHT = 0.2
 
 
 class ConfigError(ValueError):
