@@ -264,6 +264,9 @@ def _add_image_pretraining_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.IMAGE_PRETRAINING.PRIOR_PROB = 0.01
     # Weight of the image-level loss (which classes the image holds) against the per-token ones.
     cfg.MODEL.FIBER.IMAGE_PRETRAINING.PRESENCE_LOSS_WEIGHT = 0.2
+    # The per-token "cover" target uses each box scaled about its centre by this factor (FCOS-style centre sampling;
+    # 1: the whole box, whose corners are background for a star, a cross or a triangle).
+    cfg.MODEL.FIBER.IMAGE_PRETRAINING.COVER_SCALE = 0.5
 
 
 class ConfigError(ValueError):

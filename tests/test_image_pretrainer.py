@@ -42,6 +42,15 @@ def test_token_targets_cover_and_centre_cells():
     assert empty_cover.shape == empty_centre.shape == (3, 2, 2) and not empty_cover.any() and not empty_centre.any()
 
 
+def test_cover_scale_shrinks_boxes_about_their_centres():
+    # Box x 0..32, y 0..16 scaled by 0.5 -> x 8..24, y 4..12: cell centres 12, 20 in x and 4, 12 in y.
+    cover, centre = token_targets(torch.tensor([[0.0, 0.0, 32.0, 16.0]]), torch.tensor([0]), 1, (4, 4), 8, 0.5)
+    expected = torch.zeros(1, 4, 4)
+    expected[0, 0:2, 1:3] = 1
+    assert torch.equal(cover, expected)
+    assert centre[0].nonzero().tolist() == [[1, 2]]  # the centre (16, 8): row 1, column 2
+
+
 def test_two_boxes_of_one_class_overlap_without_exceeding_one():
     boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [8.0, 8.0, 32.0, 32.0]])
     cover, _ = token_targets(boxes, torch.tensor([1, 1]), 2, (4, 4), 8)
@@ -91,9 +100,11 @@ def test_losses_equal_their_definition_and_train_every_image_parameter():
         height, width = dense[name].shape[2:]
         assert (height, width) == (64 // stride, 96 // stride)
         cover, centre = torch.zeros(2, 4, height, width), torch.zeros(2, 4, height, width)
-        # The box (4, 4, 30, 30) covers the cells whose centres lie in [4, 30]; its centre (17, 17) is in one cell.
-        cells = [i for i in range(max(height, width)) if 4 <= (i + 0.5) * stride <= 30]
-        cover[0, 3, cells[0] : cells[-1] + 1, cells[0] : cells[-1] + 1] = 1 if cells else 0
+        # The box (4, 4, 30, 30) scaled by COVER_SCALE 0.5 about its centre (17, 17) is (10.5, 10.5, 23.5, 23.5): it
+        # covers the cells whose centres lie in [10.5, 23.5]; the centre is in one cell.
+        cells = [i for i in range(max(height, width)) if 10.5 <= (i + 0.5) * stride <= 23.5]
+        if cells:  # none at stride 32: the object only has a centre target there
+            cover[0, 3, cells[0] : cells[-1] + 1, cells[0] : cells[-1] + 1] = 1
         centre[0, 3, 17 // stride, 17 // stride] = 1
         expected_cover += F.binary_cross_entropy_with_logits(dense[name][:, :4], cover).item() * 4
         expected_centre += F.binary_cross_entropy_with_logits(dense[name][:, 4:], centre).item() * 4

@@ -4,7 +4,9 @@ META_ARCH_REGISTRY), the stand-in for the ImageNet-pretrained Swin that FIBER st
 On FIBER-Shapes, a Swin trained from random weights by image-level objectives learns slowly (docs/EXPERIMENTS.md).
 This model gives every token of every Swin output stage a target instead, from a detection data set's boxes
 (Detectron2's DatasetMapper: `image` [3, H, W], `instances.gt_boxes` in pixels, `instances.gt_classes` in [0, K)):
-  loss_cover   sigmoid BCE per token and class: a box of that class contains the token's centre;
+  loss_cover   sigmoid BCE per token and class: the central part of a box of that class (the box scaled about its
+               centre by MODEL.FIBER.IMAGE_PRETRAINING.COVER_SCALE, as FCOS's centre sampling) contains the token's
+               centre (a whole box would also label the background around a star or a cross as the object);
   loss_centre  sigmoid BCE per token and class: the centre of a box of that class falls in the token's cell;
   loss_presence  sigmoid BCE per image and class, from the mean of the last stage's tokens: the image holds that class.
 Each is a mean over tokens (or images) of the sum over the K classes; the dense ones are summed over the stages and
@@ -29,22 +31,30 @@ from .backbone import FiberBackbone
 
 
 def token_targets(
-    boxes: torch.Tensor, classes: torch.Tensor, num_classes: int, grid: tuple[int, int], stride: int
+    boxes: torch.Tensor,
+    classes: torch.Tensor,
+    num_classes: int,
+    grid: tuple[int, int],
+    stride: int,
+    cover_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """boxes [M, 4] (x0, y0, x1, y1 pixels), classes [M] -> (cover, centre), each [K, H, W] of 0/1 for the token grid
-    `grid` = (H, W) of cell size `stride` pixels (see the module docstring)."""
+    `grid` = (H, W) of cell size `stride` pixels; cover uses the boxes scaled by `cover_scale` about their centres."""
     height, width = grid
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (cover_scale / 2)
+    inner = torch.cat([centres - half, centres + half], dim=1)
     cover = boxes.new_zeros(num_classes, height * width)
     centre = boxes.new_zeros(num_classes, height, width)
     if len(boxes):
         ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
         xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
-        inside_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] <= boxes[:, 2:3])  # [M, W]
-        inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] <= boxes[:, 3:4])  # [M, H]
+        inside_x = (xs[None] >= inner[:, 0:1]) & (xs[None] <= inner[:, 2:3])  # [M, W]
+        inside_y = (ys[None] >= inner[:, 1:2]) & (ys[None] <= inner[:, 3:4])  # [M, H]
         inside = (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1).to(boxes.dtype)  # [M, H*W]
         cover.index_add_(0, classes, inside).clamp_(max=1)
-        cell_x = ((boxes[:, 0] + boxes[:, 2]) / 2 // stride).long().clamp(0, width - 1)
-        cell_y = ((boxes[:, 1] + boxes[:, 3]) / 2 // stride).long().clamp(0, height - 1)
+        cell_x = (centres[:, 0] // stride).long().clamp(0, width - 1)
+        cell_y = (centres[:, 1] // stride).long().clamp(0, height - 1)
         centre[classes, cell_y, cell_x] = 1
     return cover.view(num_classes, height, width), centre
 
@@ -63,6 +73,7 @@ class FiberImagePretrainer(nn.Module):
         pixel_std: Sequence[float],
         prior_prob: float = 0.01,
         presence_loss_weight: float = 0.2,
+        cover_scale: float = 0.5,
     ) -> None:
         super().__init__()
         if num_classes <= 0:
@@ -70,6 +81,9 @@ class FiberImagePretrainer(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.presence_loss_weight = presence_loss_weight
+        if not 0 < cover_scale <= 1:
+            raise ValueError(f"MODEL.FIBER.IMAGE_PRETRAINING.COVER_SCALE must be in (0, 1], got {cover_scale}")
+        self.cover_scale = cover_scale
         image = backbone.image
         self.stages = list(image.out_features)
         if image.stage_names[-1] not in self.stages:
@@ -102,6 +116,7 @@ class FiberImagePretrainer(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "prior_prob": cfg.MODEL.FIBER.IMAGE_PRETRAINING.PRIOR_PROB,
             "presence_loss_weight": cfg.MODEL.FIBER.IMAGE_PRETRAINING.PRESENCE_LOSS_WEIGHT,
+            "cover_scale": cfg.MODEL.FIBER.IMAGE_PRETRAINING.COVER_SCALE,
         }
 
     @property
@@ -139,7 +154,9 @@ class FiberImagePretrainer(nn.Module):
             logits = dense[name].float()
             stride = self.backbone.image.strides[name]
             targets = [
-                token_targets(inst.gt_boxes.tensor.float(), inst.gt_classes, k, tuple(logits.shape[2:]), stride)
+                token_targets(
+                    inst.gt_boxes.tensor.float(), inst.gt_classes, k, tuple(logits.shape[2:]), stride, self.cover_scale
+                )
                 for inst in instances
             ]
             cover = torch.stack([t[0] for t in targets])
