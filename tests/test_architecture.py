@@ -44,7 +44,7 @@ LAYERS = {
 # rank, never a sibling of its own rank. modeling: the fused backbone (shared) < the grounding detector and the coarse
 # models, which never import each other. The layer's own `__init__.py` sits above its subpackages.
 SUBLAYERS = {
-    "modeling": {"backbone": 0, "grounding": 1, "coarse": 1},
+    "modeling": {"backbone": 0, "grounding": 1, "coarse": 1, "image_pretraining": 1},
 }
 
 
@@ -114,11 +114,12 @@ def test_every_subpackage_has_a_layer():
         assert subpackages == set(ranks), name
 
 
-def test_modeling_is_grouped_into_backbone_grounding_and_coarse():
+def test_modeling_is_grouped_into_subpackages():
     top_level = {path.name for path in (PACKAGE / "modeling").glob("*.py")}
     assert top_level == {"__init__.py"}  # every model file lives in its subpackage
     assert "fiber_d2.modeling.grounding.detector" in package_modules()
     assert "fiber_d2.modeling.coarse.base" in package_modules()
+    assert "fiber_d2.modeling.image_pretraining.model" in package_modules()
 
 
 def test_the_import_map_has_no_cycle(graph):
@@ -188,6 +189,7 @@ TINY_CONFIGS = [
     "configs/fiber_shapes/fiber_tiny_coarse.yaml",
     "configs/fiber_shapes/fiber_tiny_vqa.yaml",
     "configs/fiber_shapes/fiber_tiny_caption.yaml",
+    "configs/fiber_shapes/zoo/image_pretraining.yaml",
 ]
 
 
@@ -206,7 +208,9 @@ def test_import_fiber_d2_alone_registers_and_builds_every_model(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["ours"] == ["FiberCaptionModel", "FiberCoarseModel", "FiberGroundingDetector", "FiberVQAModel"]
+    assert result["ours"] == [
+        "FiberCaptionModel", "FiberCoarseModel", "FiberGroundingDetector", "FiberImagePretrainer", "FiberVQAModel"
+    ]
     assert sorted(result["built"]) == result["ours"]  # every registered model, each from its own config
     assert all(built["class"] == name and built["parameters"] > 0 for name, built in result["built"].items())
     assert result["built"]["FiberVQAModel"]["answers"] == ["red", "blue", "2"]

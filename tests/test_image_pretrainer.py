@@ -15,7 +15,7 @@ from fiber_d2.checkpoint import FiberCheckpointer
 from fiber_d2.config import add_fiber_config
 from fiber_d2.model_zoo import get_config_file
 from fiber_d2.modeling import FiberImagePretrainer
-from fiber_d2.modeling.image_pretrainer import token_targets
+from fiber_d2.modeling.image_pretraining import token_targets
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,12 +3,12 @@
 backbone/   the fused Swin + RoBERTa backbone and its FPN (shared by both families)
 grounding/  the grounding detector (FIBER's fine stage)
 coarse/     the coarse models (FIBER's coarse stage: pre-training and retrieval, VQA, captioning)
-image_pretrainer.py  the Swin pretrained alone on boxes, where no ImageNet weights can be had
+image_pretraining/  the Swin pretrained alone on box labels, where no ImageNet weights can be had
 """
 from .backbone import FiberBackbone, FiberFPN, FusionMode, build_fiber_backbone, build_fiber_fpn_backbone
 from .coarse import FiberCaptionModel, FiberCoarseModel, FiberVQAModel
 from .grounding import FiberGroundingDetector
-from .image_pretrainer import FiberImagePretrainer
+from .image_pretraining import FiberImagePretrainer
 
 __all__ = [
     "FiberBackbone",

@@ -27,7 +27,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from .backbone import FiberBackbone
+from ..backbone import FiberBackbone
 
 
 def token_targets(
