@@ -1,15 +1,26 @@
 """Shared fixtures: throw-away dataset registrations (`register`; `catalog_names` for names a test registers itself),
-a simulated 2-process gather, and the small colour-shape tokenizer of the detector tests (`tokenizer_dir`; a test
-module may define its own)."""
+a simulated 2-process gather, the small colour-shape tokenizer of the detector tests (`tokenizer_dir`; a test
+module may define its own), and `one_thread` for modules of tiny tensors
+(`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
 from __future__ import annotations
 
 import uuid
 
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from fiber_d2.data.tokenizer import train_roberta_bpe_tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (seconds a step on a loaded 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -16,13 +16,7 @@ from fiber_d2.modeling.grounding.inference import label_scores, merge_chunk_dete
 from fiber_d2.modeling.grounding.loss import centerness_targets, grounding_losses, pad_targets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (seconds on a loaded 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRANSFORM = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))

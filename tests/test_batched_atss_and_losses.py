@@ -19,12 +19,7 @@ from fiber_d2.modeling.grounding.loss import centerness_targets, grounding_losse
 TRANSFORM = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_atss(topk: int, anchors_per_level: list[torch.Tensor], gt_boxes: torch.Tensor) -> torch.Tensor:

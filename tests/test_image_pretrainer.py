@@ -18,12 +18,7 @@ from fiber_d2.modeling import FiberImagePretrainer
 from fiber_d2.modeling.image_pretraining import token_targets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_token_targets_cover_and_centre_cells():
