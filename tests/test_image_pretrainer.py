@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_token_targets_cover_and_centre_cells():
     # Grid 4 x 4 of 8-pixel cells (centres at 4, 12, 20, 28). Box 0 (class 2) covers x 0..14, y 10..30 -> columns 0, 1
-    # and rows 1, 2, 3; its centre (7, 20) is in cell (row 2, column 0). Box 1 (class 0): a 2-pixel box around (30, 2), no cell centre inside.
+    # and rows 1, 2, 3; its centre (7, 20) is in cell (row 2, column 0). Box 1 (class 0): a 2-pixel box around
+    # (30, 2), no cell centre inside.
     boxes = torch.tensor([[0.0, 10.0, 14.0, 30.0], [29.0, 1.0, 31.0, 3.0]])
     cover, centre = token_targets(boxes, torch.tensor([2, 0]), 3, (4, 4), 8)
     expected = torch.zeros(3, 4, 4)
@@ -133,4 +134,5 @@ def test_checkpoint_starts_a_vqa_model_with_every_backbone_key(tmp_path):
     backbone_keys = [key for key in own if key.startswith("backbone.")]
     assert backbone_keys and all(key in state for key in backbone_keys)  # nothing of the backbone left at its init
     assert all(torch.equal(own[key], state[key]) for key in backbone_keys)
-    assert torch.equal(vqa.backbone.image.layers[2].blocks[0].attn.qkv.weight, model.backbone.image.layers[2].blocks[0].attn.qkv.weight)
+    qkv = "backbone.image.layers.2.blocks.0.attn.qkv.weight"
+    assert torch.equal(vqa.state_dict()[qkv], model.state_dict()[qkv])

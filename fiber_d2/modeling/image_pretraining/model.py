@@ -87,7 +87,9 @@ class FiberImagePretrainer(nn.Module):
         image = backbone.image
         self.stages = list(image.out_features)
         if image.stage_names[-1] not in self.stages:
-            raise ValueError(f"FiberImagePretrainer reads {image.stage_names[-1]!r}; add it to MODEL.FIBER.SWIN.OUT_FEATURES")
+            raise ValueError(
+                f"FiberImagePretrainer reads {image.stage_names[-1]!r}; add it to MODEL.FIBER.SWIN.OUT_FEATURES"
+            )
         channels = {name: image.num_features[image.stage_names.index(name)] for name in self.stages}
         self.classifiers = nn.ModuleDict(
             {name: nn.Conv2d(channels[name], 2 * num_classes, 1) for name in self.stages}
