@@ -126,7 +126,8 @@ class FiberImagePretrainer(nn.Module):
         return self.pixel_mean.device
 
     def logits(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Normalised padded images [B, 3, H, W] -> ({stage: [B, 2K, h, w] (cover, then centre)}, presence [B, K])."""
+        """Normalised padded images [B, 3, H, W] -> ({stage: [B, 2K, h, w] (cover, then centre)}, presence [B, K]);
+        presence reads the mean of every last-stage token, those of the padding included."""
         image = self.backbone.image
         features = image.run(image.embed(images), image.num_blocks).outputs
         dense = {name: self.classifiers[name](features[name]) for name in self.stages}
