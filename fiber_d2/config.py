@@ -37,6 +37,11 @@ def add_fiber_config(cfg: CN) -> None:
     # File under OUTPUT_DIR where evaluation writes {dataset_name: {task: {metric: value}}} (merged with earlier runs).
     cfg.TEST.RESULTS_FILE = "results.json"
 
+    # Grounding evaluation: records per inference batch and process. With MODEL.FIBER.PROMPT.REUSE_LOWER the detector
+    # runs an image's lower backbone once for all the records of a batch with that image (referring expressions,
+    # captions), and every image at its own padded size, so the results do not depend on the batch (to rounding).
+    cfg.TEST.IMS_PER_BATCH = 1
+
     # RefExp Precision@k counts a box as a hit at overlap >= 0.5 by "giou" (generalized IoU: MDETR's/FIBER's
     # protocol) or by "iou" (laxer).
     cfg.TEST.REFEXP_BOX_MATCH = "giou"
@@ -140,8 +145,11 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.PROMPT.CHUNK_SIZE = 40
     # Inference: lower backbone once per image and per prompt, fused part + FPN + head per chunk; False: all per chunk.
     cfg.MODEL.FIBER.PROMPT.REUSE_LOWER = True
-    # Inference with REUSE_LOWER: chunks per forward of the fused upper part, FPN and head. 1 was fastest on CPU
-    # (FIBER-B, 800x1333: 1.03x the floor against 1.25x with 8, docs/BENCHMARKS.md); try more on a GPU.
+    # Inference with REUSE_LOWER: prompt chunks of one image (from every record of the batch with that image) per
+    # forward of the fused upper part, FPN and head. 1 was fastest on CPU for FIBER-B at 800x1333 (1.03x the floor
+    # against 1.25x with 8, docs/BENCHMARKS.md). FIBER-tiny at 288 px gains from more: the referring expressions
+    # of one image, run together, took 0.58x the time per expression with 4 and 0.54x with 16 (1 thread). Try more
+    # on a GPU.
     cfg.MODEL.FIBER.PROMPT.CHUNK_BATCH = 1
     # Inference with REUSE_LOWER: prompts whose lower text states stay cached (LRU; train/eval/load empty it); 0: none.
     cfg.MODEL.FIBER.PROMPT.TEXT_CACHE_SIZE = 64

@@ -183,3 +183,35 @@ def test_padded_text_states_equal_padding_the_prompts_before_the_encoder(tokeniz
 def test_chunk_batch_must_be_positive(tokenizer_dir):
     with pytest.raises(ValueError, match="CHUNK_BATCH"):
         micro_model(tokenizer_dir, **{"MODEL.FIBER.PROMPT.CHUNK_BATCH": 0})
+
+
+@pytest.mark.parametrize("chunk_batch", [1, 8])
+def test_records_of_one_image_share_its_lower_part_and_each_record_gets_what_it_gets_alone(
+    tokenizer_dir, monkeypatch, chunk_batch
+):
+    """A test batch as TEST.IMS_PER_BATCH gives it: two records of image A (other prompts) around a record of a
+    smaller image B. A's lower part runs once, B at its own padded size (64 x 96, not A's 128 x 160), and each record's
+    detections equal those of the whole model run on that record alone."""
+    model = reuse_model(tokenizer_dir, **{"MODEL.FIBER.PROMPT.CHUNK_BATCH": chunk_batch})
+    naive = reuse_model(tokenizer_dir, **{"MODEL.FIBER.PROMPT.REUSE_LOWER": False})
+    naive.load_state_dict(model.state_dict())
+    tokenizer = load_tokenizer(tokenizer_dir)
+    first, second = vocabulary_chunks(VOCABULARY, tokenizer, 256, 4, ". ")  # 4 + 3 names
+    pixels_a = image(3, 120, 150)
+    inputs = [
+        {"image": pixels_a, "height": 120, "width": 150, "prompts": [first]},
+        {"image": image(4, 50, 70), "height": 50, "width": 70, "prompts": [second, first]},
+        {"image": pixels_a.clone(), "height": 120, "width": 150, "prompts": [second]},
+    ]
+    image_calls = []
+    encode_image_lower = model.backbone.bottom_up.encode_image_lower
+    monkeypatch.setattr(model.backbone.bottom_up, "encode_image_lower", lambda images: image_calls.append(
+        tuple(images.shape)) or encode_image_lower(images))
+    got = run(model, inputs)
+    assert image_calls == [(1, 3, 128, 160), (1, 3, 64, 96)]
+    for record, detections in zip(inputs, got):
+        alone = run(naive, [record])[0]
+        assert_same_detections(detections, alone)
+    # The batch padding (B padded to 128 x 160 with A) would have changed B's detections: the check above can fail.
+    padded = run(naive, inputs)[1]
+    assert not torch.allclose(padded.scores[:10], got[1].scores[:10], atol=1e-3)

@@ -3,7 +3,9 @@
 The fused backbone splits into a lower part (image blocks and text layers below the fused ones, each independent of
 the other modality) and the fused upper part. For N chunks and one image, the image lower part runs once, the text
 lower part once per distinct prompt (kept in a `TextStateCache` across images), and only the upper part, the FPN and
-the head run per chunk, on batches of chunks whose text states are padded together by `pad_text_states`.
+the head run per chunk, on batches of chunks whose text states are padded together by `pad_text_states`. Inputs of a
+batch with the same image (several referring expressions or captions of one image) share its lower part as well:
+`group_identical_images` finds them, and `own_padding` gives the image as a batch of one would have it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
+from detectron2.structures import ImageList
 
 from ..backbone.text_encoder import TextState
 
@@ -71,3 +74,30 @@ def pad_text_states(states: Sequence[TextState]) -> TextState:
         mask.append(F.pad(state.attention_mask, (0, extra)))
         bias.append(F.pad(state.bias, (0, extra), value=torch.finfo(state.bias.dtype).min))
     return TextState(torch.cat(hidden), torch.cat(mask), torch.cat(bias), layers.pop())
+
+
+def group_identical_images(images: ImageList) -> list[list[int]]:
+    """Batch indices grouped by image: equal size and equal pixels (first-seen order, each group ascending)."""
+    groups: list[list[int]] = []
+    for i, (height, width) in enumerate(images.image_sizes):
+        pixels = images.tensor[i, :, :height, :width]
+        for group in groups:
+            first = group[0]
+            if images.image_sizes[first] == (height, width) and torch.equal(
+                images.tensor[first, :, :height, :width], pixels
+            ):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def own_padding(images: ImageList, index: int, size_divisibility: int) -> torch.Tensor:
+    """Image `index` of the batch [1, 3, H, W], padded only to its own size rounded up to `size_divisibility` (what
+    `ImageList.from_tensors` gives a batch of that image alone), not to the batch's largest image."""
+    height, width = images.image_sizes[index]
+    if size_divisibility > 1:
+        height = -(-height // size_divisibility) * size_divisibility
+        width = -(-width // size_divisibility) * size_divisibility
+    return images.tensor[index : index + 1, :, :height, :width]

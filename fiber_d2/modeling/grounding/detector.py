@@ -32,7 +32,7 @@ from torch import nn
 from ..backbone import FiberFPN
 from ..backbone.text_encoder import TextState
 from .atss import ATSSMatcher
-from .chunked_inference import TextStateCache, pad_text_states
+from .chunked_inference import TextStateCache, group_identical_images, own_padding, pad_text_states
 from .head import GroundingHead
 from .inference import merge_chunk_detections, postprocess_detections
 from .loss import grounding_losses, pad_targets
@@ -268,24 +268,26 @@ class FiberGroundingDetector(nn.Module):
     def detect_reusing_lower(
         self, images: ImageList, prompts: Sequence[Sequence[PromptChunk]]
     ) -> list[list[Instances]]:
-        """Image by image: the image lower part once; per batch of `chunk_batch` chunks, their cached text lower
-        states padded together, then the fused upper part (the image state shared), FPN and head.
+        """Image by distinct image: the image lower part once, at the image's own padded size; then the chunks of
+        every input with that image (e.g. the referring expressions of one image in a test batch), `chunk_batch` at a
+        time: their cached text lower states padded together, the fused upper part (the image state shared), FPN and
+        head.
 
-        Gives the detections of `detect_chunk_by_chunk` (to float rounding). Same arguments and result.
+        Gives the detections of `detect_chunk_by_chunk` run on each input alone (to float rounding). Same arguments
+        and result.
         """
         bottom_up = self.backbone.bottom_up
-        per_image: list[list[Instances]] = []
-        for i, chunks in enumerate(prompts):
-            image_state = bottom_up.encode_image_lower(images.tensor[i : i + 1])
-            detections = []
-            for start in range(0, len(chunks), self.chunk_batch):
-                batch = chunks[start : start + self.chunk_batch]
-                text_state = pad_text_states([self.text_lower(prompt.input_ids) for prompt in batch])
+        per_image: list[list[Instances]] = [[] for _ in prompts]
+        for group in group_identical_images(images):
+            image_state = bottom_up.encode_image_lower(own_padding(images, group[0], self.backbone.size_divisibility))
+            jobs = [(i, prompt) for i in group for prompt in prompts[i]]
+            for start in range(0, len(jobs), self.chunk_batch):
+                batch = jobs[start : start + self.chunk_batch]
+                text_state = pad_text_states([self.text_lower(prompt.input_ids) for _, prompt in batch])
                 features, text = bottom_up.encode_upper(image_state, text_state)
                 outputs = self.predict(self.backbone.pyramid(features), text, text_state.attention_mask.bool())
-                for row, prompt in enumerate(batch):
-                    detections.append(self.chunk_detections(outputs, row, prompt, images.image_sizes[i]))
-            per_image.append(detections)
+                for row, (i, prompt) in enumerate(batch):
+                    per_image[i].append(self.chunk_detections(outputs, row, prompt, images.image_sizes[i]))
         return per_image
 
     def inference_autocast(self) -> torch.autocast:
