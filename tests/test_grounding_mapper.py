@@ -242,7 +242,7 @@ def test_loaders(data):
     assert [len(batch) for batch in outputs] == [1, 1]
     assert [x[0]["image_id"] for x in outputs] == [1, 2] and all(len(x[0]["prompts"]) == 2 for x in outputs)
     grounding = data["names"]["grounding"]
-    cfg.TEST.IMS_PER_BATCH = 3  # batches of records, in order; the last one shorter
+    cfg.TEST.IMS_PER_BATCH = 3  # batches of up to 3 records, in dataset order: both records in one
     batches = list(build_grounding_test_loader(cfg, grounding))
     assert [len(batch) for batch in batches] == [2] and [x["image_id"] for x in batches[0]] == [
         r["image_id"] for r in load_grounding_dataset_dicts([grounding])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from detectron2.config import CfgNode
 import torch.utils.data as torchdata
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset, build_detection_test_loader
 from detectron2.data.build import trivial_batch_collator
 from detectron2.data.samplers import InferenceSampler
@@ -59,12 +59,12 @@ def build_grounding_test_loader(cfg: CfgNode, dataset_name: str) -> torchdata.Da
     """Detectron2's inference sampling (each record once across processes, each process a contiguous share) for one
     dataset, in batches of TEST.IMS_PER_BATCH records (the detector runs the lower part of an image once for all the
     records of a batch that share it); a missing or empty image file raises now."""
+    if cfg.TEST.IMS_PER_BATCH < 1:
+        raise ValueError(f"TEST.IMS_PER_BATCH must be >= 1, got {cfg.TEST.IMS_PER_BATCH}")
     dataset = MapDataset(
         DatasetFromList(check_image_files(load_grounding_dataset_dicts([dataset_name])), copy=False),
         GroundingDatasetMapper(cfg, False, dataset_name=dataset_name),
     )
-    if cfg.TEST.IMS_PER_BATCH < 1:
-        raise ValueError(f"TEST.IMS_PER_BATCH must be >= 1, got {cfg.TEST.IMS_PER_BATCH}")
     batches = torchdata.BatchSampler(InferenceSampler(len(dataset)), cfg.TEST.IMS_PER_BATCH, drop_last=False)
     return torchdata.DataLoader(
         dataset, batch_sampler=batches, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator
