@@ -157,10 +157,59 @@ def test_retrieval_evaluator_itm_reranking_gets_image_and_caption_ids(register):
     evaluator = RetrievalEvaluator(name, ks=(1,), itm_top_k=2, itm_scorer=itm_scorer)
     for image_id in "ba":
         evaluator.process([{"image_id": image_id}], [outputs[image_id]])
-    assert evaluator.evaluate() == {"retrieval": _approx({"ir_R@1": 100 / 3, "tr_R@1": 50.0, "r_mean": 125 / 3})}
+    # ITM (1 - similarity) reverses the order of each query's two candidates; the dual encoder's own recalls come too.
+    assert evaluator.evaluate() == {"retrieval": _approx({
+        "ir_R@1": 100 / 3, "tr_R@1": 50.0, "r_mean": 125 / 3,
+        "itc_ir_R@1": 200 / 3, "itc_tr_R@1": 100.0, "itc_r_mean": 250 / 3})}
     assert seen == [(["a", "a", "a", "b", "b", "b"], texts * 2)]
     with pytest.raises(ValueError, match="itm_top_k > 0 and an itm_scorer"):
         RetrievalEvaluator(name, itm_top_k=2)
+
+
+def _rerank_in_two_processes(out_path, image_ids):
+    """One process of a two-process retrieval evaluation with ITM re-ranking (run by `launch`): it registers the
+    dataset, evaluates `image_ids[rank]` and writes its result and the pairs it scored."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    rank = comm.get_rank()
+    records = [{"file_name": "a.jpg", "image_id": "a", "captions": ["x"]},
+               {"file_name": "b.jpg", "image_id": "b", "captions": ["y", "z"]}]
+    DatasetCatalog.register("rerank_two_processes", lambda: records)
+    MetadataCatalog.get("rerank_two_processes").set(evaluator_type="retrieval")
+    outputs = {"a": {"image_embedding": torch.eye(2)[0], "text_embeddings": RERANK_SIMILARITY[:, :1].T},
+               "b": {"image_embedding": torch.eye(2)[1], "text_embeddings": RERANK_SIMILARITY[:, 1:].T}}
+    texts = [("a", 0), ("b", 0), ("b", 1)]
+    scored = []
+
+    def itm_scorer(images, captions):
+        scored.extend(zip(images, captions))
+        return torch.tensor([1 - float(RERANK_SIMILARITY["ab".index(i), texts.index(c)])
+                             for i, c in zip(images, captions)])
+
+    evaluator = RetrievalEvaluator("rerank_two_processes", ks=(1,), itm_top_k=2, itm_scorer=itm_scorer)
+    for image_id in image_ids[rank]:
+        evaluator.process([{"image_id": image_id}], [outputs[image_id]])
+    result = evaluator.evaluate()
+    with open(f"{out_path}.{rank}", "w") as f:
+        json.dump({"result": result, "scored": scored}, f)
+
+
+@pytest.mark.slow
+def test_retrieval_evaluator_itm_reranking_in_two_processes(tmp_path):
+    from fiber_d2.engine import launch
+
+    out = tmp_path / "rank"
+    # Image "a" on both processes (the inference sampler's padding) counts once.
+    launch(_rerank_in_two_processes, 2, args=(str(out), [["b", "a"], ["a"]]))
+    ranks = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in range(2)]
+    # The main process gives the single-process metrics; the other gives {}.
+    assert ranks[0]["result"] == {"retrieval": _approx({
+        "ir_R@1": 100 / 3, "tr_R@1": 50.0, "r_mean": 125 / 3,
+        "itc_ir_R@1": 200 / 3, "itc_tr_R@1": 100.0, "itc_r_mean": 250 / 3})}
+    assert ranks[1]["result"] == {}
+    # The six candidate pairs, sorted by (image, text), split in two contiguous halves, each scored once.
+    pairs = [[i, list(c)] for i, c in zip(["a", "a", "a", "b", "b", "b"], [["a", 0], ["b", 0], ["b", 1]] * 2)]
+    assert ranks[0]["scored"] == pairs[:3] and ranks[1]["scored"] == pairs[3:]
 
 
 # ---------------------------------------------------------------- VQA

@@ -265,10 +265,15 @@ def test_itm_scorer_gives_the_models_match_probability_for_dataset_pairs(tokeniz
 
     name = register([{"image_id": i} for i in records])
     scorer = DatasetItmScorer(model, name, mapper, batch_size=2)
+    lower_batches = []
+    encode_image_lower = model.backbone.encode_image_lower
+    model.backbone.encode_image_lower = lambda images: lower_batches.append(len(images)) or encode_image_lower(images)
     image_ids = [7, 7, 7, 8, 9]
     pairs = [(7, 0), (8, 1), (9, 0), (7, 1), (9, 1)]
     probabilities = scorer(image_ids, pairs)
     assert probabilities.shape == (5,)
+    assert lower_batches == [1, 2, 1]  # batches of two pairs: image 7 once, then 7 and 8, then 9
+    del model.backbone.encode_image_lower
     for p, (image_id, (text_image, j)) in enumerate(zip(image_ids, pairs)):
         ids = captions[text_image][j]
         expected = model.match_probability(

@@ -18,8 +18,9 @@ class DatasetItmScorer:
 
     model: a `FiberCoarseModel` (or any model with `preprocess_images`, `pad_texts`, `match_probability`), in eval
     mode. mapper: maps a record to `image` [3, S, S] and `captions_input_ids` (CoarseDatasetMapper, task "retrieval",
-    is_train=False). Captions are mapped once and kept; one image is kept at a
-    time, so memory stays flat for datasets of any size (the evaluator asks for pairs sorted by image).
+    is_train=False). Captions are mapped once and kept; one image is kept at a time, so memory stays flat for
+    datasets of any size (the evaluator asks for pairs sorted by image). Pairs run `batch_size` at a time, and within
+    a batch each image and each caption goes through the backbone below the fused layers once.
     """
 
     def __init__(
@@ -73,9 +74,17 @@ class DatasetItmScorer:
             raise ValueError(f"{len(image_ids)} images but {len(captions)} captions; pairs must line up")
         probabilities = []
         for start in range(0, len(image_ids), self.batch_size):
-            images = [{"image": self.image(i)} for i in image_ids[start : start + self.batch_size]]
-            texts = [self.caption_ids(i, j) for i, j in captions[start : start + self.batch_size]]
-            input_ids, mask = self.model.pad_texts(texts)
-            probability = self.model.match_probability(self.model.preprocess_images(images), input_ids, mask)
+            batch_images = list(image_ids[start : start + self.batch_size])
+            batch_captions = list(captions[start : start + self.batch_size])
+            # each image and caption of the batch runs the backbone's lower part once (the model indexes the pairs)
+            unique_images = list(dict.fromkeys(batch_images))
+            unique_captions = list(dict.fromkeys(batch_captions))
+            images = [{"image": self.image(i)} for i in unique_images]
+            input_ids, mask = self.model.pad_texts([self.caption_ids(i, j) for i, j in unique_captions])
+            image_index = torch.tensor([unique_images.index(i) for i in batch_images], device=input_ids.device)
+            text_index = torch.tensor([unique_captions.index(c) for c in batch_captions], device=input_ids.device)
+            probability = self.model.match_probability(
+                self.model.preprocess_images(images), input_ids, mask, image_index, text_index
+            )
             probabilities.append(probability.float().cpu())
         return torch.cat(probabilities) if probabilities else torch.zeros(0)

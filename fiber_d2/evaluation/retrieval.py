@@ -16,10 +16,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
-from .distributed import gather_unique
+from .distributed import gather_unique, score_in_shares
 from .records import captions_by_image_id
 from .ranking import TOP_K, hit_rate_at_k
 
@@ -124,8 +125,9 @@ class RetrievalEvaluator(DatasetEvaluator):
     `retrieval_ranks.json`.
 
     ITM re-ranking (`itm_top_k > 0`, see `rerank_top_k`): `itm_scorer(image_ids [P], captions [P]) -> [P]`, with
-    `captions[p] = (image_id, caption index)` naming a caption of the dataset, returns match probabilities. It runs on
-    the main process only, once, over all candidate pairs.
+    `captions[p] = (image_id, caption index)` naming a caption of the dataset, returns match probabilities. Every
+    process scores one share of the candidate pairs (`score_in_shares`), each pair once. The metrics then also hold
+    the dual encoder's own recalls, before re-ranking, as `itc_ir_R@k`, `itc_tr_R@k` and `itc_r_mean`.
     """
 
     results_file = "retrieval_ranks.json"
@@ -176,8 +178,9 @@ class RetrievalEvaluator(DatasetEvaluator):
             self._embeddings[image_id] = (image, texts)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        """`{"retrieval": {metric: percent}}` on the main process, over the images seen by any process; {} elsewhere."""
-        embeddings = gather_unique(self._embeddings)
+        """`{"retrieval": {metric: percent}}` on the main process, over the images seen by any process; {} elsewhere.
+        With ITM re-ranking every process gets the embeddings and scores its share of the candidate pairs."""
+        embeddings = gather_unique(self._embeddings, everywhere=bool(self._itm_top_k))
         if embeddings is None:
             return {}
         if not embeddings:
@@ -197,18 +200,23 @@ class RetrievalEvaluator(DatasetEvaluator):
         texts = torch.cat([embeddings[image_id][1] for image_id in image_ids])  # [T, D]
         similarity = images @ texts.T
         text_to_image = None
+        itc_metrics = {}
         if self._itm_top_k:
+            itc_metrics = {f"itc_{name}": value for name, value in retrieval_recalls(similarity, text_image, self._ks).items()}
             similarity, text_to_image = rerank_top_k(
                 similarity,
                 self._itm_top_k,
-                lambda images, texts: self._itm_scorer(
-                    [image_ids[i] for i in images.tolist()], [captions[t] for t in texts.tolist()]
+                lambda images, texts: score_in_shares(
+                    self._itm_scorer, [image_ids[i] for i in images.tolist()], [captions[t] for t in texts.tolist()]
                 ),
             )
+            if not comm.is_main_process():
+                return {}
         image_ranks, text_ranks = retrieval_ranks(similarity, text_image, text_to_image)
         if self._output_dir:
             self._dump(image_ids, captions, image_ranks, text_ranks)
         metrics = _recalls(image_ranks, text_ranks, self._ks)
+        metrics.update(itc_metrics)
         logger.info(
             "RetrievalEvaluator on %r (%d images, %d texts%s), in %%:\n%s",
             self._dataset_name, len(image_ids), len(captions),

@@ -94,16 +94,47 @@ class FiberCoarseModel(CoarseModelBase):
         image_tokens = self.unfused_image_tokens(features)
         return self.heads.itc_image_embedding(image_tokens), self.heads.itc_text_embedding(text, attention_mask)
 
-    def match_logits(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """ITM with fusion on: logits [B, 2] (no match, match) for paired images [B, 3, S, S] and texts [B, T]."""
-        image_tokens, text = self.fused_tokens(
-            self.backbone.encode_image_lower(images), self.backbone.encode_text_lower(input_ids, attention_mask)
+    def match_logits(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ITM with fusion on: logits [P, 2] (no match, match) of the pairs (images[image_index[p]],
+        texts[text_index[p]]) for images [I, 3, S, S] and texts [N, T]. Each image and each text runs its lower part
+        (below the fused layers) once, however many pairs it is in. Without indices, image i pairs with text i."""
+        if image_index is None or text_index is None:
+            if len(images) != len(input_ids) or (image_index is None) != (text_index is None):
+                raise ValueError(
+                    f"match_logits: {len(images)} images and {len(input_ids)} texts need image_index and text_index"
+                )
+            image_index = text_index = torch.arange(len(images), device=self.device)
+        return self._pair_logits(
+            self.backbone.encode_image_lower(images), self.backbone.encode_text_lower(input_ids, attention_mask),
+            image_index, text_index,
         )
-        return self.heads.itm(self.heads.joint(image_tokens, text, attention_mask))
 
-    def match_probability(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """ITM with fusion on: P(image i matches text i) [B] for paired images [B, 3, S, S] and texts [B, T]."""
-        return itm_probability(self.match_logits(images, input_ids, attention_mask))
+    def match_probability(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ITM with fusion on: P(match) [P] of the pairs `match_logits` takes."""
+        return itm_probability(self.match_logits(images, input_ids, attention_mask, image_index, text_index))
+
+    def _pair_logits(
+        self, image_lower: ImageState, text_lower: TextState, image_index: torch.Tensor, text_index: torch.Tensor
+    ) -> torch.Tensor:
+        """ITM logits [P, 2] of the pairs (image image_index[p], text text_index[p]) from their lower parts."""
+        image_tokens, text = self.fused_tokens(
+            _select_image(image_lower, image_index), _select_text(text_lower, text_index)
+        )
+        return self.heads.itm(self.heads.joint(image_tokens, text, text_lower.attention_mask[text_index]))
 
     def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         if not self.training:
@@ -158,10 +189,7 @@ class FiberCoarseModel(CoarseModelBase):
         everyone = torch.arange(batch, device=self.device)
         image_index = torch.cat([everyone, everyone, negative_images])
         text_index = torch.cat([everyone, negative_texts, everyone])
-        image_tokens, text = self.fused_tokens(
-            _select_image(image_lower, image_index), _select_text(text_lower, text_index)
-        )
-        logits = self.heads.itm(self.heads.joint(image_tokens, text, text_lower.attention_mask[text_index]))
+        logits = self._pair_logits(image_lower, text_lower, image_index, text_index)
         labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(self.device)
         return F.cross_entropy(logits.float(), labels)
 
