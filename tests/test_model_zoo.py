@@ -57,6 +57,52 @@ def test_checkpoint_path_checks_the_sha256(tmp_path):
         model_zoo.get_checkpoint_path("fiber_shapes/x.yaml", manifest=manifest, weight_roots=(tmp_path,))
 
 
+def test_model_files_are_checked_and_set_in_the_config(tmp_path, monkeypatch):
+    answers = tmp_path / "fiber_shapes" / "m_answers.json"
+    answers.parent.mkdir()
+    answers.write_text('["yes", "no"]\n')
+    manifest = tmp_path / "manifest.json"
+    key = "MODEL.FIBER.VQA.ANSWER_VOCABULARY"
+    entry = {"file": "fiber_shapes/m.safetensors", "sha256": "0",
+             "files": {key: {"file": "fiber_shapes/m_answers.json", "sha256": model_zoo.sha256_of(answers)}}}
+    manifest.write_text(json.dumps({"fiber_shapes/zoo/vqa.yaml": entry, "other.yaml": {"file": "o", "sha256": "1"}}))
+    found = model_zoo.get_model_files("fiber_shapes/zoo/vqa.yaml", manifest=manifest, weight_roots=(tmp_path,))
+    assert found == {key: str(answers)}
+    assert model_zoo.get_model_files("other.yaml", manifest=manifest, weight_roots=(tmp_path,)) == {}
+    # get_config(trained=True) points the key at the checked file
+    from fiber_d2.model_zoo import model_zoo as zoo_module
+    monkeypatch.setattr(zoo_module, "_MANIFEST", manifest)
+    monkeypatch.setattr(zoo_module, "_WEIGHT_ROOTS", (tmp_path,))
+    monkeypatch.setattr(zoo_module, "get_checkpoint_path", lambda config: "weights.safetensors")
+    cfg = model_zoo.get_config("fiber_shapes/zoo/vqa.yaml", trained=True)
+    assert cfg.MODEL.FIBER.VQA.ANSWER_VOCABULARY == str(answers) and cfg.MODEL.WEIGHTS == "weights.safetensors"
+    answers.write_text('["no", "yes"]\n')  # reordered: not the classes the model was trained with
+    with pytest.raises(model_zoo.ZooChecksumError, match="m_answers.json"):
+        model_zoo.get_model_files("fiber_shapes/zoo/vqa.yaml", manifest=manifest, weight_roots=(tmp_path,))
+
+
+def test_export_answer_vocabulary_writes_the_training_answers_and_checks_the_classifier(tmp_path, shapes_root):
+    from safetensors.torch import save_file
+
+    from fiber_d2.data.vqa_vocabulary import answer_vocabulary_from_config
+    from fiber_d2.model_zoo.export import export_answer_vocabulary
+
+    expected = answer_vocabulary_from_config(model_zoo.get_config("fiber_shapes/zoo/vqa.yaml"))
+    assert len(expected) > 10 and "yes" in expected
+    weights = tmp_path / "vqa.safetensors"
+    save_file({"heads.vqa.3.weight": torch.zeros(len(expected), 4)}, str(weights))
+    output = tmp_path / "vqa_answers.json"
+    assert export_answer_vocabulary("fiber_shapes/zoo/vqa.yaml", weights, output) == len(expected)
+    assert json.loads(output.read_text()) == expected
+    save_file({"heads.vqa.3.weight": torch.zeros(5, 4)}, str(weights))
+    with pytest.raises(ValueError, match=f"classifies into 5 answers but .* gives {len(expected)}"):
+        export_answer_vocabulary("fiber_shapes/zoo/vqa.yaml", weights, output)
+    save_file({"heads.itm.weight": torch.zeros(2, 4)}, str(weights))
+    with pytest.raises(ValueError, match="no VQA classifier"):
+        export_answer_vocabulary("fiber_shapes/zoo/vqa.yaml", weights, output)
+    assert json.loads(output.read_text()) == expected  # a refused export leaves the written file as it was
+
+
 def test_export_cli_refuses_output_outside_the_zoo(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "export_zoo_model.py"), str(_checkpoint(tmp_path)),

@@ -6,6 +6,11 @@ and record it in fiber_d2/model_zoo/manifest.json.
         --config fiber_shapes/zoo/grounding.yaml --output model_zoo/fiber_shapes/grounding.safetensors
 
 Loads go through fiber_d2.checkpoint.io (no pickled code runs). Prints the file's size and sha256.
+
+A VQA model's answer classes are defined by its training data (MODEL.FIBER.VQA.ANSWER_VOCABULARY "": the answers of
+DATASETS.TRAIN). `--answer-vocabulary` writes them, as the config gives them on this machine ($DETECTRON2_DATASETS
+must hold the training data), next to the weights as <output stem>_answers.json and records that file in the
+manifest, so that `model_zoo.get_config(..., trained=True)` sets MODEL.FIBER.VQA.ANSWER_VOCABULARY to it.
 """
 from __future__ import annotations
 
@@ -25,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the config it was trained with, relative to configs/")
     parser.add_argument("--output", required=True, help="where to write, under model_zoo/")
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="floating tensors' dtype")
+    parser.add_argument("--answer-vocabulary", action="store_true",
+                        help="also ship the VQA answer classes the config's training data defines")
     args = parser.parse_args(argv)
     from fiber_d2.model_zoo import list_models, sha256_of, write_manifest
-    from fiber_d2.model_zoo.export import export_weights
+    from fiber_d2.model_zoo.export import export_answer_vocabulary, export_weights
 
     output = Path(args.output).resolve()
     try:
@@ -45,11 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"export_zoo_model.py: error: {output} would be {size / 2**20:.1f} MiB, above the zoo's 10 MiB")
 
     digest = sha256_of(output)
-    manifest = list_models(MANIFEST) if MANIFEST.is_file() else {}
     # a new file's metrics are measured again (tools/zoo_demo.py --record)
-    manifest[args.config] = {"file": relative.as_posix(), "sha256": digest, "bytes": size}
-    write_manifest(manifest, MANIFEST)
+    entry = {"file": relative.as_posix(), "sha256": digest, "bytes": size}
     print(f"{relative.as_posix()}: {size} bytes ({size / 2**20:.2f} MiB), sha256 {digest}")
+    if args.answer_vocabulary:
+        answers = output.with_name(output.stem + "_answers.json")
+        try:
+            count = export_answer_vocabulary(args.config, output, answers)
+        except (OSError, ValueError) as error:
+            sys.exit(f"export_zoo_model.py: error: {error}")
+        key = "MODEL.FIBER.VQA.ANSWER_VOCABULARY"
+        entry["files"] = {key: {"file": answers.relative_to(ZOO_ROOT).as_posix(), "sha256": sha256_of(answers)}}
+        print(f"{answers.relative_to(ZOO_ROOT).as_posix()}: {count} answer classes ({key})")
+    manifest = list_models(MANIFEST) if MANIFEST.is_file() else {}
+    manifest[args.config] = entry
+    write_manifest(manifest, MANIFEST)
     return 0
 
 

@@ -4,6 +4,7 @@ from .model_zoo import (
     get_checkpoint_path,
     get_config,
     get_config_file,
+    get_model_files,
     list_models,
     record_metrics,
     sha256_of,
@@ -11,6 +12,6 @@ from .model_zoo import (
 )
 
 __all__ = [
-    "ZooChecksumError", "get_checkpoint_path", "get_config", "get_config_file", "list_models", "record_metrics",
-    "sha256_of", "write_manifest",
+    "ZooChecksumError", "get_checkpoint_path", "get_config", "get_config_file", "get_model_files", "list_models",
+    "record_metrics", "sha256_of", "write_manifest",
 ]

@@ -1,6 +1,8 @@
-"""Write a trained checkpoint's model weights as a model-zoo file: safetensors, floating tensors in fp16 by default."""
+"""Write a trained checkpoint's model weights as a model-zoo file (safetensors, floating tensors in fp16 by default),
+and a VQA model's answer classes next to them."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import torch
 
 from ..checkpoint.io import load_state_dict_file
 
-__all__ = ["export_weights"]
+__all__ = ["export_answer_vocabulary", "export_weights"]
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -30,3 +32,34 @@ def export_weights(checkpoint: str | os.PathLike, output: str | os.PathLike, dty
     save_file(tensors, str(temporary), metadata={"format": "pt", "source": os.path.basename(checkpoint)})
     os.replace(temporary, output)
     return output.stat().st_size
+
+
+# the VQA classifier's last layer (CoarseHeads.vqa: Linear, LayerNorm, GELU, Linear -> answers)
+VQA_CLASSIFIER = "heads.vqa.3.weight"
+
+
+def export_answer_vocabulary(config_path: str, weights: str | os.PathLike, output: str | os.PathLike) -> int:
+    """Writes the answer classes of the zoo config `config_path` (relative to configs/; its MODEL.FIBER.VQA.
+    ANSWER_VOCABULARY or the answers of its DATASETS.TRAIN, read from $DETECTRON2_DATASETS) to `output` as a JSON list,
+    after checking that the exported `weights` classify into that many answers. The order is the training data's: run
+    it on the data the model was trained on. Returns the number of answers."""
+    from safetensors import safe_open
+
+    from ..data.vqa_vocabulary import answer_vocabulary_from_config
+    from .model_zoo import get_config
+
+    answers = answer_vocabulary_from_config(get_config(config_path))
+    with safe_open(str(weights), framework="pt") as f:
+        if VQA_CLASSIFIER not in f.keys():
+            raise ValueError(f"{weights} has no VQA classifier ({VQA_CLASSIFIER}): not a VQA model")
+        classes = f.get_slice(VQA_CLASSIFIER).get_shape()[0]
+    if classes != len(answers):
+        raise ValueError(
+            f"{weights} classifies into {classes} answers but {config_path}'s training data gives {len(answers)}: "
+            "set DETECTRON2_DATASETS to the data the model was trained on"
+        )
+    output = Path(output)
+    temporary = output.with_name(output.name + ".tmp")
+    temporary.write_text(json.dumps(answers, indent=0) + "\n", encoding="utf-8")
+    os.replace(temporary, output)
+    return len(answers)

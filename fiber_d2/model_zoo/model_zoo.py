@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ZooChecksumError", "get_checkpoint_path", "get_config", "get_config_file", "list_models", "record_metrics",
-    "sha256_of", "write_manifest",
+    "ZooChecksumError", "get_checkpoint_path", "get_config", "get_config_file", "get_model_files", "list_models",
+    "record_metrics", "sha256_of", "write_manifest",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -23,7 +23,8 @@ _REPO = _HERE.parents[1]
 # A built (non-editable) package carries copies next to this module (setup.py); an editable one reads the repository.
 _CONFIG_ROOTS = (_HERE / "configs", _REPO / "configs")
 _WEIGHT_ROOTS = (_HERE / "weights", _REPO / "model_zoo")
-# {config path relative to configs/: {"file": path relative to model_zoo/, "sha256": hex digest}}
+# {config path relative to configs/: {"file": path relative to model_zoo/, "sha256": hex digest, "bytes": size,
+#  "metrics": {...}, optionally "files": {config key: {"file": ..., "sha256": ...}}}}
 _MANIFEST = _HERE / "manifest.json"
 
 
@@ -75,6 +76,31 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _checked_file(
+    relative: str, sha256: str, what: str, weight_roots: tuple[str | os.PathLike, ...] | None = None
+) -> str:
+    """Local path of the zoo file `relative` (under model_zoo/) whose sha256 must be `sha256`; `what` names it."""
+    roots = [Path(root) for root in (weight_roots or _WEIGHT_ROOTS)]
+    for root in roots:
+        path = root / relative
+        if path.is_file():
+            break
+    else:
+        raise FileNotFoundError(f"zoo file {relative!r} for {what} not found under {' or '.join(map(str, roots))}")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise ZooChecksumError(f"{path}: sha256 {actual} differs from the model zoo's {sha256}")
+    return str(path)
+
+
+def _entry(config_path: str, manifest: str | os.PathLike | None) -> dict[str, Any]:
+    models = list_models(manifest)
+    if config_path not in models:
+        known = ", ".join(sorted(models))
+        raise KeyError(f"the fiber_d2 model zoo has no weights for {config_path!r}; it has: {known}")
+    return models[config_path]
+
+
 def get_checkpoint_path(
     config_path: str,
     manifest: str | os.PathLike | None = None,
@@ -83,29 +109,27 @@ def get_checkpoint_path(
     """Local path of the shipped weights trained with `config_path` (relative to `configs/`), after checking that
     the file's sha256 equals the manifest's. Raises KeyError for a config the zoo has no weights for,
     FileNotFoundError for a missing file and ZooChecksumError for a file that differs."""
-    models = list_models(manifest)
-    if config_path not in models:
-        known = ", ".join(sorted(models))
-        raise KeyError(f"the fiber_d2 model zoo has no weights for {config_path!r}; it has: {known}")
-    entry = models[config_path]
-    roots = [Path(root) for root in (weight_roots or _WEIGHT_ROOTS)]
-    for root in roots:
-        path = root / entry["file"]
-        if path.is_file():
-            break
-    else:
-        raise FileNotFoundError(
-            f"zoo weights {entry['file']!r} for {config_path!r} not found under {' or '.join(map(str, roots))}"
-        )
-    actual = sha256_of(path)
-    if actual != entry["sha256"]:
-        raise ZooChecksumError(f"{path}: sha256 {actual} differs from the model zoo's {entry['sha256']}")
-    return str(path)
+    entry = _entry(config_path, manifest)
+    return _checked_file(entry["file"], entry["sha256"], repr(config_path), weight_roots)
+
+
+def get_model_files(
+    config_path: str,
+    manifest: str | os.PathLike | None = None,
+    weight_roots: tuple[str | os.PathLike, ...] | None = None,
+) -> dict[str, str]:
+    """The files a zoo model needs besides its weights, as {config key: checked local path}: e.g. a VQA model's
+    answer classes in order (MODEL.FIBER.VQA.ANSWER_VOCABULARY), which its training data defined. Empty for most."""
+    entry = _entry(config_path, manifest)
+    return {
+        key: _checked_file(spec["file"], spec["sha256"], f"{config_path!r} ({key})", weight_roots)
+        for key, spec in entry.get("files", {}).items()
+    }
 
 
 def get_config(config_path: str, trained: bool = False):
     """A frozen-free Detectron2 CfgNode with fiber_d2's keys, merged from `config_path`; with `trained`,
-    MODEL.WEIGHTS is the zoo's checked weights file for it."""
+    MODEL.WEIGHTS is the zoo's checked weights file for it, and the keys of `get_model_files` point at its files."""
     from detectron2.config import get_cfg
 
     from ..config import add_fiber_config
@@ -115,4 +139,6 @@ def get_config(config_path: str, trained: bool = False):
     cfg.merge_from_file(get_config_file(config_path))
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint_path(config_path)
+        for key, path in get_model_files(config_path).items():
+            cfg.merge_from_list([key, path])
     return cfg
