@@ -22,6 +22,10 @@ def add_fiber_config(cfg: CN) -> None:
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # (regex, factor) pairs: a parameter whose name matches a regex (re.search; first match wins) gets lr x factor.
     cfg.SOLVER.LR_MULTIPLIERS = ()
+    # Stop training after this many iterations (0: at SOLVER.MAX_ITER) while the lr schedule still spans MAX_ITER, so
+    # that model_final.pth is the weights at that point of the longer schedule; a later --resume with a larger value
+    # (or 0) goes on along the same schedule.
+    cfg.SOLVER.STOP_ITER = 0
     # Autocast dtype of SOLVER.AMP.ENABLED training (fiber_d2.engine.amp.FiberAMPTrainer, CPU or GPU): "auto"
     # (bfloat16 on CPUs and GPUs that support it, else float16 with gradient scaling), "bfloat16" or "float16".
     cfg.SOLVER.AMP.PRECISION = "auto"

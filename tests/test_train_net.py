@@ -88,6 +88,38 @@ def test_resume_continues_from_last_checkpoint(trained, datasets_root):
     assert iterations == [3, 5]
 
 
+def test_stop_iter_stops_early_along_the_longer_schedule_and_resume_goes_on(datasets_root, tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.solver import build_lr_scheduler
+
+    from fiber_d2.config import add_fiber_config
+
+    args = [REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, *TINY, "SOLVER.MAX_ITER", "6",
+            "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
+            "OUTPUT_DIR", tmp_path]
+    _run([*args, "SOLVER.STOP_ITER", "3"], datasets_root)
+    assert (tmp_path / "model_final.pth").is_file()
+    metrics = [m for m in _metrics(tmp_path) if "total_loss" in m]
+    assert [m["iteration"] for m in metrics] == [2]
+    # the lr of iteration 2 is that of a 6-iteration cosine, not of a 3-iteration one
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(str(CONFIG))
+    cfg.merge_from_list(list(map(str, TINY)) + ["SOLVER.MAX_ITER", "6", "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.SOLVER.BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert metrics[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6)
+    log = _run([args[0], "--resume", *args[1:]], datasets_root)
+    assert "Starting training from iteration 3" in log
+    assert [m["iteration"] for m in _metrics(tmp_path) if "total_loss" in m] == [2, 5]
+    error = _run([*args, "SOLVER.STOP_ITER", "7"], datasets_root, expect_success=False)
+    assert "train_net.py: error: SOLVER.STOP_ITER must lie in [0, SOLVER.MAX_ITER = 6], got 7" in error
+    assert "Traceback" not in error
+
+
 def test_eval_only_adds_a_dataset_to_results(trained, datasets_root):
     _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", CONFIG, "--eval-only",
           "MODEL.WEIGHTS", trained / "model_final.pth", "DATASETS.TEST", "('fiber_shapes_val',)",

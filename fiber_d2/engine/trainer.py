@@ -1,5 +1,6 @@
 """Trainer: Detectron2's DefaultTrainer with fiber_d2's data loaders (by INPUT.DATASET_MAPPER_NAME), evaluators (by
-evaluator type), optimizers, results file and the coarse-stage hook (COARSE_STAGE.ENABLED).
+evaluator type), optimizers, results file, the coarse-stage hook (COARSE_STAGE.ENABLED) and an early stop along the
+schedule (SOLVER.STOP_ITER).
 Checkpoints (FiberCheckpointer: safe loading, atomic saves) hold what an exact resume needs: weights, optimizer,
 schedule, hooks' states, random generators' states and the data position (TrainingStateHook).
 `projects/FIBER/train_net.py` is its command line; nothing here depends on the model's class."""
@@ -16,6 +17,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..checkpoint.checkpointer import FiberCheckpointer
+from ..config import ConfigError
 from ..data.loaders import build_test_loader, build_train_loader
 from ..evaluation import build_evaluator, save_results_json
 from ..evaluation.results import check_results_file
@@ -37,7 +39,12 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: CfgNode) -> None:
         check_results_file(results_path(cfg))  # a results file that cannot be merged into fails now, not at the end
+        stop = cfg.SOLVER.STOP_ITER
+        if not 0 <= stop <= cfg.SOLVER.MAX_ITER:
+            raise ConfigError(f"SOLVER.STOP_ITER must lie in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER}], got {stop}")
         super().__init__(cfg)
+        if stop:  # the hooks (final checkpoint, final evaluation) read max_iter; the lr scheduler kept MAX_ITER
+            self.max_iter = stop
         if cfg.SOLVER.AMP.ENABLED:  # Detectron2 0.6's AMPTrainer autocasts to CUDA float16 only
             step = self._trainer
             self._trainer = FiberAMPTrainer(step.model, step.data_loader, step.optimizer, amp_precision(cfg))
