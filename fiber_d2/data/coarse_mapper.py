@@ -7,8 +7,10 @@ Tasks (the record formats are those of `datasets/image_text_pairs.py`, `vqa.py` 
   the record has answers (required in training), soft targets over an answer vocabulary (`build_answer_vocabulary`).
 - "caption": records `file_name, image_id, captions`. Training: one random caption and its ids. Inference: the image
   (and the reference `captions` when the record has them).
+- "text": records with `captions`, training only, no image is read: one random caption, its ids and their MLM-masked
+  copy, with `image_id` (FiberTextPretrainer).
 
-Output, always: `image` (uint8 [3, S, S], INPUT.FORMAT channels, S = INPUT.COARSE.IMAGE_SIZE), `height`, `width` (of the
+Output, always (but for "text"): `image` (uint8 [3, S, S], INPUT.FORMAT channels, S = INPUT.COARSE.IMAGE_SIZE), `height`, `width` (of the
 original image), `image_id`, `file_name`. Token ids are LongTensor [T]: <s> ... </s>, T <= INPUT.COARSE.MAX_TEXT_LEN
 (longer texts are truncated, </s> kept last), unpadded.
 Training images: a random resized crop (area fraction in INPUT.COARSE.CROP_SCALE, aspect ratio in [3/4, 4/3]) resized to
@@ -40,7 +42,7 @@ from .vqa_answers import normalize_vqa_answer, vqa_soft_score
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("pretrain", "retrieval", "vqa", "caption")
+TASKS = ("pretrain", "retrieval", "vqa", "caption", "text")
 # Of the tokens chosen for MLM: this fraction becomes <mask>, the next fraction a random token, the rest stays.
 _MASK_FRACTION = 0.8
 _RANDOM_FRACTION = 0.1
@@ -157,7 +159,7 @@ class CoarseDatasetMapper:
         """
         Args:
             is_train: training output (random crop and flip, one caption, MLM) or inference output.
-            task: "pretrain", "retrieval" (the same), "vqa" or "caption".
+            task: "pretrain", "retrieval" (the same), "vqa", "caption" or "text" (training only).
             image_size: S, the side of the output images in pixels. crop_scale: (min, max) area fraction of the
                 training crops, 0 < min <= max <= 1. random_flip: flip training images with probability 0.5.
             image_format: INPUT.FORMAT. tokenizer: a fast RoBERTa tokenizer with a <mask> token.
@@ -180,6 +182,8 @@ class CoarseDatasetMapper:
             raise ValueError(f"INPUT.COARSE.MAX_TEXT_LEN must leave room for <s> and </s>, got {max_text_len}")
         if tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no <mask> token, which MLM needs")
+        if task == "text" and not is_train:
+            raise ValueError("the 'text' task (text-only MLM) has no inference output")
         if task == "vqa":
             if not answer_vocabulary:
                 raise ValueError("the 'vqa' task needs a non-empty answer_vocabulary (see build_answer_vocabulary)")
@@ -200,9 +204,9 @@ class CoarseDatasetMapper:
         self._answer_index = {a: i for i, a in enumerate(self.answer_vocabulary or [])}
         self._special_ids = torch.tensor(sorted(tokenizer.all_special_ids), dtype=torch.long)
         logger.info(
-            "[CoarseDatasetMapper] task %r, %s: %d x %d images%s", task, "training" if is_train else "inference",
-            image_size, image_size,
-            f", crop scale {crop_scale}, random flip {random_flip}" if is_train else "",
+            "[CoarseDatasetMapper] task %r, %s: %s", task, "training" if is_train else "inference",
+            "texts only" if task == "text" else f"{image_size} x {image_size} images"
+            + (f", crop scale {crop_scale}, random flip {random_flip}" if is_train else ""),
         )
 
     @classmethod
@@ -231,6 +235,12 @@ class CoarseDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict | None:
         record = dict(dataset_dict)  # read_record_image may add width/height; nothing nested is modified
         where = _where(record)
+        if self.task == "text":
+            captions = self._captions(record, where)
+            caption = captions[random.randrange(len(captions))]
+            out = {"image_id": record.get("image_id"), "caption": caption, "input_ids": self._encode(caption)}
+            out["mlm_input_ids"], out["mlm_labels"] = self._mask(out["input_ids"])
+            return out
         skip = self.is_train and self.on_bad_record == "skip"
         image = read_record_image_or_skip(record, self.image_format, where, skip)
         if image is None:

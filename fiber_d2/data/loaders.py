@@ -6,6 +6,7 @@ a config names the inputs its model reads, so the entry points never look at mod
                    (FiberCoarseModel)
   coarse_vqa       CoarseDatasetMapper, task "vqa", targets over the config's answer vocabulary (FiberVQAModel)
   coarse_caption   CoarseDatasetMapper, task "caption" (FiberCaptionModel)
+  coarse_text      CoarseDatasetMapper, task "text": captions alone, MLM-masked (FiberTextPretrainer); no test sets
   detectron2       Detectron2's build_detection_train_loader / build_detection_test_loader (its own models)
 
 A new model with new inputs adds a name with `register_loaders`; train_net.py stays as it is.
@@ -80,8 +81,16 @@ def _coarse_test(task: str, with_answers: bool = False) -> Callable[[CfgNode, st
     return build
 
 
+def _no_test(name: str) -> Callable[[CfgNode, str], Iterable]:
+    def build(cfg: CfgNode, dataset_name: str) -> Iterable:
+        raise ConfigError(f"INPUT.DATASET_MAPPER_NAME {name!r} has no test loader: set DATASETS.TEST to ()")
+
+    return build
+
+
 register_loaders("grounding", build_grounding_train_loader, build_grounding_test_loader)
 register_loaders("coarse_pretrain", _coarse_train("pretrain"), _coarse_test("retrieval"))
 register_loaders("coarse_vqa", _coarse_train("vqa", with_answers=True), _coarse_test("vqa", with_answers=True))
 register_loaders("coarse_caption", _coarse_train("caption"), _coarse_test("caption"))
+register_loaders("coarse_text", _coarse_train("text"), _no_test("coarse_text"))
 register_loaders("detectron2", build_detection_train_loader, build_detection_test_loader)
