@@ -29,7 +29,10 @@ HEADLINES = {
     "bbox": (("AP50", "AP50"), ("AP", "AP")),
     "grounding": (("R@1", "R@1"),),
     "refexp": (("P@1", "P@1"),),
-    "retrieval": (("tr_R@1", "image-to-text R@1"), ("ir_R@1", "text-to-image R@1")),
+    "retrieval": (
+        ("tr_R@1", "image-to-text R@1"), ("ir_R@1", "text-to-image R@1"),
+        ("itc_tr_R@1", "image-to-text R@1, dual encoder alone"), ("itc_ir_R@1", "text-to-image R@1, dual encoder alone"),
+    ),
     "vqa": (("accuracy", "accuracy"),),
     "caption": (("CIDEr", "CIDEr-D"), ("pairs_all_present", "% captions naming only present pairs")),
 }
