@@ -12,7 +12,7 @@ import weakref
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, default_writers
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
@@ -57,6 +57,10 @@ class Trainer(DefaultTrainer):
             hooks.insert(0, CoarseStageHook(self.cfg, self.model))
         hooks.append(TrainingStateHook())
         return hooks
+
+    def build_writers(self):
+        # DefaultTrainer builds them before __init__ can set max_iter to SOLVER.STOP_ITER: their eta counts to the stop
+        return default_writers(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.STOP_ITER or self.max_iter)
 
     def state_dict(self) -> dict:
         """DefaultTrainer's state (iteration, hooks) and the optimizer's (and AMP scaler's), as later Detectron2
