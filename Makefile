@@ -65,9 +65,14 @@ demo-train: shapes
 	@echo "== make demo-train: results in $(TRAIN_DIR)/results.json, pictures in $(TRAIN_DIR)/visualized/"
 
 # The detector: stage 1 (coarse stage through its hook, then detection prompts), then stages 2 and 3 (all grounding
-# data, the second a longer continuation of the first), each from the previous stage's weights, evaluated by the last
-# command on the exported file. (The coarse models' recipes, configs/fiber_shapes/zoo/{retrieval,vqa,caption}.yaml,
-# do not reach useful numbers yet: docs/EXPERIMENTS.md.)
+# data, the second a longer continuation of the first), each from the previous stage's weights.
+# The image-level models, on 10,000 generated training images (ZOO_DATA; its validation images are the default
+# FIBER-Shapes ones) and the default FIBER-Shapes tokenizer: the Swin pretrained alone (3000 iterations, then 3250 of
+# a 12000-iteration continuation), the coarse stage (ITC, ITM, MLM; the retrieval model), then VQA and captioning
+# from the coarse stage's 2000-iteration checkpoint. The last command evaluates the exported files.
+ZOO_DATA := $(CURDIR)/output/datasets_10k
+ZOO_TRAIN = DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) projects/FIBER/train_net.py
+ZOO_TOKENIZER = MODEL.FIBER.TOKENIZER $(DETECTRON2_DATASETS)/fiber_shapes/tokenizer
 zoo: shapes
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding_stage1.yaml \
 		OUTPUT_DIR $(ZOO_DIR)/grounding_stage1
@@ -77,6 +82,23 @@ zoo: shapes
 		MODEL.WEIGHTS $(ZOO_DIR)/grounding_stage2/model_final.pth DATASETS.TEST "()"
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/grounding/model_final.pth --config fiber_shapes/zoo/grounding.yaml \
 		--output $(ZOO_WEIGHTS)/grounding.safetensors
+	$(PY) tools/make_shapes_dataset.py --root $(ZOO_DATA)/fiber_shapes --num-train 10000
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/image_pretraining.yaml OUTPUT_DIR $(ZOO_DIR)/image_pretraining
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/image_pretraining.yaml OUTPUT_DIR $(ZOO_DIR)/image_pretraining_continued \
+		MODEL.WEIGHTS $(ZOO_DIR)/image_pretraining/model_final.pth SOLVER.MAX_ITER 12000 SOLVER.WARMUP_ITERS 0 \
+		SOLVER.STOP_ITER 3250
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_DIR)/image_pretraining_continued/model_final.pth
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/caption.yaml OUTPUT_DIR $(ZOO_DIR)/caption $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval/model_final.pth --config fiber_shapes/zoo/retrieval.yaml \
+		--output $(ZOO_WEIGHTS)/retrieval.safetensors
+	DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa/model_final.pth \
+		--config fiber_shapes/zoo/vqa.yaml --output $(ZOO_WEIGHTS)/vqa.safetensors --answer-vocabulary
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/caption/model_final.pth --config fiber_shapes/zoo/caption.yaml \
+		--output $(ZOO_WEIGHTS)/caption.safetensors
 	$(PY) tools/zoo_demo.py --record --output $(ZOO_DIR)/evaluation
 
 clean:

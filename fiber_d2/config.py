@@ -32,7 +32,8 @@ def add_fiber_config(cfg: CN) -> None:
 
     # The data loaders and mapper of the model's inputs (fiber_d2/data/loaders.py): "grounding" (prompts;
     # FiberGroundingDetector), or for the coarse models "coarse_pretrain" (image-text pairs; test sets as retrieval),
-    # "coarse_vqa", "coarse_caption", or "detectron2" (Detectron2's own loaders, for its own models).
+    # "coarse_vqa", "coarse_caption", "coarse_text" (captions alone; FiberTextPretrainer), or "detectron2"
+    # (Detectron2's own loaders, for its own models).
     cfg.INPUT.DATASET_MAPPER_NAME = "detectron2"
     # COCO-format detection datasets to register, as (name, json_file, image_root) triples ("$DETECTRON2_DATASETS" is
     # expanded); DATASETS.TRAIN / TEST may then name them (evaluator_type "coco").

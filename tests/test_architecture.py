@@ -44,7 +44,7 @@ LAYERS = {
 # rank, never a sibling of its own rank. modeling: the fused backbone (shared) < the grounding detector and the coarse
 # models, which never import each other. The layer's own `__init__.py` sits above its subpackages.
 SUBLAYERS = {
-    "modeling": {"backbone": 0, "grounding": 1, "coarse": 1, "image_pretraining": 1},
+    "modeling": {"backbone": 0, "grounding": 1, "coarse": 1, "image_pretraining": 1, "text_pretraining": 2},
 }
 
 
@@ -190,6 +190,7 @@ TINY_CONFIGS = [
     "configs/fiber_shapes/fiber_tiny_vqa.yaml",
     "configs/fiber_shapes/fiber_tiny_caption.yaml",
     "configs/fiber_shapes/zoo/image_pretraining.yaml",
+    "configs/fiber_shapes/zoo/text_pretraining.yaml",
 ]
 
 
@@ -209,7 +210,8 @@ def test_import_fiber_d2_alone_registers_and_builds_every_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ours"] == [
-        "FiberCaptionModel", "FiberCoarseModel", "FiberGroundingDetector", "FiberImagePretrainer", "FiberVQAModel"
+        "FiberCaptionModel", "FiberCoarseModel", "FiberGroundingDetector", "FiberImagePretrainer",
+        "FiberTextPretrainer", "FiberVQAModel",
     ]
     assert sorted(result["built"]) == result["ours"]  # every registered model, each from its own config
     assert all(built["class"] == name and built["parameters"] > 0 for name, built in result["built"].items())
@@ -268,8 +270,10 @@ def test_an_unknown_mapper_name_is_a_config_error():
         loaders.build_train_loader(_cfg(INPUT__DATASET_MAPPER_NAME="gronding"))
     assert str(error.value) == (
         "INPUT.DATASET_MAPPER_NAME 'gronding' is not one of "
-        "['coarse_caption', 'coarse_pretrain', 'coarse_vqa', 'detectron2', 'grounding']"
+        "['coarse_caption', 'coarse_pretrain', 'coarse_text', 'coarse_vqa', 'detectron2', 'grounding']"
     )
+    with pytest.raises(ConfigError, match="'coarse_text' has no test loader: set DATASETS.TEST to"):
+        loaders.build_test_loader(_cfg(INPUT__DATASET_MAPPER_NAME="coarse_text"), "fiber_shapes_pairs_val")
 
 
 def test_the_task_chooses_the_evaluator_before_the_dataset_type(register, tmp_path):
