@@ -160,6 +160,30 @@ def test_zoo_demo_tables_and_comparison_with_recorded_metrics():
     assert "| fiber_shapes_refexp_val | P@1 | - | 82.0 |" in compared.splitlines()
 
 
+def test_zoo_demo_shows_answers_and_captions_next_to_the_truth(tmp_path, shapes_root):
+    from detectron2.data import DatasetCatalog
+
+    demo = _zoo_demo()
+    questions = sorted(DatasetCatalog.get("fiber_shapes_vqa_val"), key=lambda r: (r["image_id"], r["question_id"]))
+    first = [q for q in questions if q["image_id"] == questions[0]["image_id"]]
+    folder = tmp_path / "inference" / "fiber_shapes_vqa_val"
+    folder.mkdir(parents=True)
+    (folder / "vqa_predictions.json").write_text(json.dumps(
+        [{"question_id": q["question_id"], "answer": "purple"} for q in questions]))
+    lines = demo.example_lines("fiber_shapes/zoo/vqa.yaml", str(tmp_path), 1)
+    name = Path(first[0]["file_name"]).name
+    truth = max(set(first[0]["answers"]), key=first[0]["answers"].count)
+    assert len(lines) == len(first) >= 2  # every question of the first image
+    assert lines[0] == f"{name}: {first[0]['question']} -> purple (answer: {truth})"
+    pairs = sorted(DatasetCatalog.get("fiber_shapes_pairs_val"), key=lambda r: r["image_id"])[:2]
+    folder = tmp_path / "inference" / "fiber_shapes_pairs_val"
+    folder.mkdir(parents=True)
+    (folder / "caption_predictions.json").write_text(json.dumps(
+        [{"image_id": r["image_id"], "caption": "a red star ."} for r in pairs]))
+    lines = demo.example_lines("fiber_shapes/zoo/caption.yaml", str(tmp_path), 2)
+    assert lines == [f"{Path(r['file_name']).name}: 'a red star .' (a reference: {r['captions'][0]!r})" for r in pairs]
+
+
 SHIPPED = sorted(model_zoo.list_models())
 
 

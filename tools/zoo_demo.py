@@ -5,7 +5,8 @@ For every model in fiber_d2/model_zoo/manifest.json: its config, its weights (sh
 config's test sets by train_net.py's own Trainer.test and evaluators. One Markdown table of the headline metrics is
 printed and written to OUTPUT/results.md ({config: {dataset: {task: {metric}}}} to OUTPUT/results.json). The grounding
 detector then draws a few validation images three ways: all category names, the phrases of a caption (found
-automatically, as GLIP's demo does) and a referring expression (its best box), as OUTPUT/*.png.
+automatically, as GLIP's demo does) and a referring expression (its best box), as OUTPUT/*.png; the image-level
+models show their answers and captions for a few validation images next to the truth.
 
     python tools/zoo_demo.py --output output/demo [--models fiber_shapes/zoo/grounding.yaml ...] [--pictures 4]
     python tools/zoo_demo.py --record        # (building the zoo) store the metrics in the manifest for MODEL_ZOO.md
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-processes", type=int, default=min(2, os.cpu_count() or 1), metavar="P",
                         help="evaluation processes, each with its share of the test sets (default: %(default)s)")
     parser.add_argument("--pictures", type=int, default=3, metavar="N",
-                        help="validation images drawn each way by the grounding detector (default: %(default)s)")
+                        help="validation images drawn each way by the grounding detector, and whose answers and "
+                             "captions the image-level models show (default: %(default)s)")
     parser.add_argument("--record", action="store_true",
                         help="store the headline metrics in fiber_d2/model_zoo/manifest.json (building the zoo)")
     parser.add_argument("--compare", metavar="RESULTS_JSON",
@@ -113,6 +115,11 @@ def markdown_table(rows: list[tuple[str, str, str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _stem(config: str) -> str:
+    """The folder, under the demo's output, of the model trained with `config`."""
+    return os.path.splitext(os.path.basename(config))[0]
+
+
 def evaluate(config: str, output_dir: str) -> dict:
     """{dataset: {task: {metric: value}}} of the zoo model trained with `config`, on the config's test sets."""
     from fiber_d2 import model_zoo
@@ -142,7 +149,7 @@ def evaluate_all(configs: list[str], output: str, results_file: str, threads: in
     results = {}
     for config in configs:
         start = time.perf_counter()
-        results[config] = evaluate(config, os.path.join(output, os.path.splitext(os.path.basename(config))[0]))
+        results[config] = evaluate(config, os.path.join(output, _stem(config)))
         if comm.is_main_process():
             print(f"== {PROG}: {config} evaluated in {time.perf_counter() - start:.0f} s", flush=True)
     if comm.is_main_process():
@@ -197,6 +204,39 @@ def draw_pictures(config: str, output_dir: str, count: int) -> list[str]:
     return written
 
 
+def example_lines(config: str, output_dir: str, count: int) -> list[str]:
+    """A few answers and captions of the image-level model of `config`, next to the truth, read from the predictions
+    its evaluators wrote under `output_dir` (VQA: each question of the first `count` images; captioning: the first
+    `count` images' captions and their first reference)."""
+    from collections import Counter
+
+    from detectron2.data import DatasetCatalog
+
+    from fiber_d2 import model_zoo
+
+    lines = []
+    for dataset in model_zoo.get_config(config).DATASETS.TEST:
+        folder = os.path.join(output_dir, "inference", dataset)
+        records = sorted(DatasetCatalog.get(dataset), key=lambda r: (r["image_id"], r.get("question_id", 0)))
+        shown = sorted({r["image_id"] for r in records})[:count]
+        if os.path.isfile(os.path.join(folder, "vqa_predictions.json")):
+            with open(os.path.join(folder, "vqa_predictions.json"), encoding="utf-8") as f:
+                answers = {p["question_id"]: p["answer"] for p in json.load(f)}
+            for r in records:
+                if r["image_id"] in shown and r["question_id"] in answers:
+                    truth = Counter(r["answers"]).most_common(1)[0][0]
+                    lines.append(f"{os.path.basename(r['file_name'])}: {r['question']} -> {answers[r['question_id']]}"
+                                 f" (answer: {truth})")
+        if os.path.isfile(os.path.join(folder, "caption_predictions.json")):
+            with open(os.path.join(folder, "caption_predictions.json"), encoding="utf-8") as f:
+                captions = {p["image_id"]: p["caption"] for p in json.load(f)}
+            for r in records:
+                if r["image_id"] in shown and r["image_id"] in captions:
+                    lines.append(f"{os.path.basename(r['file_name'])}: {captions[r['image_id']]!r}"
+                                 f" (a reference: {r['captions'][0]!r})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
@@ -232,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         if model_zoo.get_config(config).INPUT.DATASET_MAPPER_NAME == "grounding" and args.pictures > 0:
             draw_pictures(config, args.output, args.pictures)
+        elif args.pictures > 0:
+            for line in example_lines(config, os.path.join(args.output, _stem(config)), args.pictures):
+                print(f"{config}: {line}")
     table = markdown_table(rows)
     mismatches = [f"{config}: {line}" for config in configs if "metrics" in zoo[config]
                   for line in differences(results[config], zoo[config]["metrics"])]
