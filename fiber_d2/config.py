@@ -42,9 +42,10 @@ def add_fiber_config(cfg: CN) -> None:
     # File under OUTPUT_DIR where evaluation writes {dataset_name: {task: {metric: value}}} (merged with earlier runs).
     cfg.TEST.RESULTS_FILE = "results.json"
 
-    # Grounding evaluation: records per inference batch and process. With MODEL.FIBER.PROMPT.REUSE_LOWER the detector
-    # runs an image's lower backbone once for all the records of a batch with that image (referring expressions,
-    # captions), and every image at its own padded size, so the results do not depend on the batch (to rounding).
+    # Evaluation: records per inference batch and process (grounding and the coarse models). With
+    # MODEL.FIBER.PROMPT.REUSE_LOWER the detector runs an image's lower backbone once for all the records of a batch with
+    # that image (referring expressions, captions), and every image at its own padded size; coarse images are all
+    # S x S. So the results do not depend on the batch (to rounding).
     cfg.TEST.IMS_PER_BATCH = 1
 
     # RefExp Precision@k counts a box as a hit at overlap >= 0.5 by "giou" (generalized IoU: MDETR's/FIBER's

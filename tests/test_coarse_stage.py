@@ -253,7 +253,9 @@ def test_itm_scorer_gives_the_models_match_probability_for_dataset_pairs(tokeniz
     from fiber_d2.evaluation.itm_scorer import DatasetItmScorer
 
     torch.manual_seed(0)
-    model = build_model(micro_cfg(tokenizer_dir)).eval()
+    # With dropout: the scorer must score in eval mode even when the model is in training mode (evaluators run after
+    # Detectron2's inference loop has put the model back in its own mode).
+    model = build_model(micro_cfg(tokenizer_dir, **{"MODEL.FIBER.TEXT.DROPOUT": 0.5})).train()
     open_gates(model)
     records = {i: pair(seed=i, image_id=i) for i in (7, 8, 9)}
     captions = {i: [pair(seed=10 * i + j, image_id=i)["input_ids"] for j in range(2)] for i in records}
@@ -274,6 +276,8 @@ def test_itm_scorer_gives_the_models_match_probability_for_dataset_pairs(tokeniz
     assert probabilities.shape == (5,)
     assert lower_batches == [1, 2, 1]  # batches of two pairs: image 7 once, then 7 and 8, then 9
     del model.backbone.encode_image_lower
+    assert model.training  # left in its own mode
+    model.eval()
     for p, (image_id, (text_image, j)) in enumerate(zip(image_ids, pairs)):
         ids = captions[text_image][j]
         expected = model.match_probability(

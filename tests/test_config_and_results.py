@@ -36,7 +36,7 @@ def test_every_config_merges(path):
         assert cfg.MODEL.BACKBONE.NAME == "build_fiber_backbone", path
     elif path.split("/")[-1].startswith("Base-"):  # shared settings of a family of configs
         assert cfg.MODEL.META_ARCHITECTURE, path
-    elif cfg.MODEL.META_ARCHITECTURE == "FiberImagePretrainer":  # a pretraining step: no test set, no evaluator
+    elif cfg.MODEL.META_ARCHITECTURE in ("FiberImagePretrainer", "FiberTextPretrainer"):  # a pretraining step: no test
         assert cfg.DATASETS.TRAIN and not cfg.DATASETS.TEST, path
     else:
         assert cfg.DATASETS.TRAIN and cfg.DATASETS.TEST, path

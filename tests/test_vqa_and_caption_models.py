@@ -361,6 +361,30 @@ def test_caption_model_rejects_bad_settings(tokenizer_dir):
         model.eval()([{"image": image(0)}])
 
 
+def test_batched_inference_equals_one_record_at_a_time(tokenizer_dir):
+    """TEST.IMS_PER_BATCH batches records of different question and caption lengths: each output must be the one
+    the record gets alone (texts are padded with their masks; images are all S x S)."""
+    torch.manual_seed(0)
+    vqa = FiberVQAModel(micro_cfg(tokenizer_dir, "FiberVQAModel"), answers=ANSWERS).eval()
+    open_gates(vqa)
+    questions = vqa_batch([{}, {}, {}])
+    questions[1]["input_ids"] = questions[1]["input_ids"][:4]  # shorter: padded in the batch
+    with torch.no_grad():
+        together = vqa(questions)
+        alone = [vqa([q])[0] for q in questions]
+    assert [o["answer"] for o in together] == [o["answer"] for o in alone]
+    for batched, single in zip(together, alone):
+        torch.testing.assert_close(batched["scores"], single["scores"], atol=1e-5, rtol=0)
+    coarse = build_model(micro_cfg(tokenizer_dir, "FiberCoarseModel")).eval()
+    records = [{"image": image(i), "captions_input_ids": [q["input_ids"] for q in questions[: i + 1]]} for i in range(3)]
+    with torch.no_grad():
+        together = coarse(records)
+        alone = [coarse([r])[0] for r in records]
+    for batched, single in zip(together, alone):
+        torch.testing.assert_close(batched["image_embedding"], single["image_embedding"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched["text_embeddings"], single["text_embeddings"], atol=1e-5, rtol=0)
+
+
 # ----- weights and packaged configs -----
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch.utils.data as torchdata
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset, build_detection_test_loader
+from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset
 from detectron2.data.build import trivial_batch_collator
 from detectron2.data.samplers import InferenceSampler
 
@@ -59,11 +59,15 @@ def build_grounding_test_loader(cfg: CfgNode, dataset_name: str) -> torchdata.Da
     """Detectron2's inference sampling (each record once across processes, each process a contiguous share) for one
     dataset, in batches of TEST.IMS_PER_BATCH records (the detector runs the lower part of an image once for all the
     records of a batch that share it); a missing or empty image file raises now."""
+    return _batched_test_loader(cfg, dataset_name, GroundingDatasetMapper(cfg, False, dataset_name=dataset_name))
+
+
+def _batched_test_loader(cfg: CfgNode, dataset_name: str, mapper) -> torchdata.DataLoader:
+    """InferenceSampler over `dataset_name`'s records, mapped by `mapper`, in lists of TEST.IMS_PER_BATCH."""
     if cfg.TEST.IMS_PER_BATCH < 1:
         raise ValueError(f"TEST.IMS_PER_BATCH must be >= 1, got {cfg.TEST.IMS_PER_BATCH}")
     dataset = MapDataset(
-        DatasetFromList(check_image_files(load_grounding_dataset_dicts([dataset_name])), copy=False),
-        GroundingDatasetMapper(cfg, False, dataset_name=dataset_name),
+        DatasetFromList(check_image_files(load_grounding_dataset_dicts([dataset_name])), copy=False), mapper
     )
     batches = torchdata.BatchSampler(InferenceSampler(len(dataset)), cfg.TEST.IMS_PER_BATCH, drop_last=False)
     return torchdata.DataLoader(
@@ -94,11 +98,10 @@ def build_coarse_train_loader(
 
 def build_coarse_test_loader(
     cfg: CfgNode, dataset_name: str, task: str = "retrieval", answer_vocabulary: Sequence[str] | None = None
-):
-    """Detectron2's inference loader (batch 1, each record once across processes) with CoarseDatasetMapper; a missing or
-    empty image file raises now."""
-    return build_detection_test_loader(
-        check_image_files(load_grounding_dataset_dicts([dataset_name])),
-        mapper=CoarseDatasetMapper(cfg, False, task=task, answer_vocabulary=answer_vocabulary),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+) -> torchdata.DataLoader:
+    """Detectron2's inference sampling (each record once across processes) with CoarseDatasetMapper, in batches of
+    TEST.IMS_PER_BATCH records (images are all S x S, texts padded with their masks, so a record's output does not
+    depend on its batch, to rounding); a missing or empty image file raises now."""
+    return _batched_test_loader(
+        cfg, dataset_name, CoarseDatasetMapper(cfg, False, task=task, answer_vocabulary=answer_vocabulary)
     )

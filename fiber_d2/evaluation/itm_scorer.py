@@ -10,15 +10,16 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.evaluation import inference_context
 
 
 class DatasetItmScorer:
     """`scorer(image_ids [P], captions [P]) -> [P]` ITM probabilities, where `captions[p] = (image_id, j)` is caption
     j of an image of `dataset_name`.
 
-    model: a `FiberCoarseModel` (or any model with `preprocess_images`, `pad_texts`, `match_probability`), in eval
-    mode. mapper: maps a record to `image` [3, S, S] and `captions_input_ids` (CoarseDatasetMapper, task "retrieval",
-    is_train=False). Captions are mapped once and kept; one image is kept at a time, so memory stays flat for
+    model: a `FiberCoarseModel` (or any model with `preprocess_images`, `pad_texts`, `match_probability`), scored in
+    eval mode whatever its mode. mapper: maps a record to `image` [3, S, S] and `captions_input_ids`
+    (CoarseDatasetMapper, task "retrieval", is_train=False). Captions are mapped once and kept; one image is kept at a time, so memory stays flat for
     datasets of any size (the evaluator asks for pairs sorted by image). Pairs run `batch_size` at a time, and within
     a batch each image and each caption goes through the backbone below the fused layers once.
     """
@@ -72,6 +73,12 @@ class DatasetItmScorer:
     def __call__(self, image_ids: Sequence[Hashable], captions: Sequence[tuple[Hashable, int]]) -> torch.Tensor:
         if len(image_ids) != len(captions):
             raise ValueError(f"{len(image_ids)} images but {len(captions)} captions; pairs must line up")
+        # Evaluators run after Detectron2's inference loop has put the model back in its own mode (training, during
+        # training): the pairs are scored in eval mode, with no dropout or drop path.
+        with inference_context(self.model):
+            return self._score(image_ids, captions)
+
+    def _score(self, image_ids: Sequence[Hashable], captions: Sequence[tuple[Hashable, int]]) -> torch.Tensor:
         probabilities = []
         for start in range(0, len(image_ids), self.batch_size):
             batch_images = list(image_ids[start : start + self.batch_size])
