@@ -11,20 +11,12 @@ from detectron2.modeling import build_model
 
 from fiber_d2.config import add_fiber_config
 from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
-from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
+from fiber_d2.data.tokenizer import load_tokenizer
 from fiber_d2.model_zoo import get_config_file
 from fiber_d2.solver import build_optimizer
 
 CAPTIONS = ["a red circle left of a blue star", "there are two green squares", "a picture of a white cross"]
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    colours = ["red", "blue", "green", "white", "black", "yellow"]
-    shapes = ["circle", "square", "star", "triangle", "cross", "hexagon"]
-    texts = [f"a {c} {s} left of a {s}. there are two {c} {s}s" for c in colours for s in shapes] * 3
-    return str(train_roberta_bpe_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=300))
 
 
 def micro_cfg(tokenizer_dir: str, meta_architecture: str = "FiberTextPretrainer"):
@@ -33,7 +25,7 @@ def micro_cfg(tokenizer_dir: str, meta_architecture: str = "FiberTextPretrainer"
     cfg.merge_from_file(get_config_file("fiber_shapes/zoo/text_pretraining.yaml"))
     cfg.MODEL.META_ARCHITECTURE = meta_architecture
     cfg.MODEL.FIBER.TOKENIZER = tokenizer_dir
-    cfg.MODEL.FIBER.TEXT.VOCAB_SIZE = 300
+    cfg.MODEL.FIBER.TEXT.VOCAB_SIZE = 400  # conftest's tokenizer_dir
     return cfg
 
 
