@@ -151,6 +151,11 @@ def test_zoo_demo_tables_and_comparison_with_recorded_metrics():
     changed["fiber_shapes_refexp_val"]["refexp"]["P@1"] = 82.2  # 82.0 shown against 82.2
     assert demo.differences(results, changed) == ["fiber_shapes_refexp_val refexp P@1: 82.04 here, 82.2 recorded"]
     assert demo.differences({"v": {"vqa": {"accuracy": 72.149}}}, {"v": {"vqa": {"accuracy": 72.149}}}) == []
+    # CIDEr-D is shown and compared x100: 0.664 and 0.6644 are both 66.4, 0.667 is 66.7
+    cider = {"c": {"caption": {"CIDEr": 0.664}}}
+    assert demo.differences({"c": {"caption": {"CIDEr": 0.6644}}}, cider) == []
+    assert demo.differences({"c": {"caption": {"CIDEr": 0.667}}}, cider) == ["c caption CIDEr: 0.667 here, 0.664 recorded"]
+    assert demo.headline_rows("zoo/c.yaml", cider) == [("zoo/c.yaml", "c", "CIDEr-D x100", pytest.approx(66.4))]
     rows = demo.headline_rows("zoo/x.yaml", results)
     assert ("zoo/x.yaml", "fiber_shapes_colorshape_val", "AP50", 83.456) in rows and len(rows) == 4
     table = demo.markdown_table(rows)

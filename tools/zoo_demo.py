@@ -35,8 +35,10 @@ HEADLINES = {
         ("itc_tr_R@1", "image-to-text R@1, dual encoder alone"), ("itc_ir_R@1", "text-to-image R@1, dual encoder alone"),
     ),
     "vqa": (("accuracy", "accuracy"),),
-    "caption": (("CIDEr", "CIDEr-D"), ("pairs_all_present", "% captions naming only present pairs")),
+    "caption": (("CIDEr", "CIDEr-D x100"), ("pairs_all_present", "% captions naming only present pairs")),
 }
+# metrics shown (and compared) scaled: CIDEr-D on the scale papers print (coco-caption's x 100)
+SCALES = {"CIDEr": 100.0}
 PICTURE_THRESHOLD = 0.3  # detections drawn: those scoring at least this (names and caption pictures)
 
 
@@ -67,8 +69,12 @@ def headline_rows(config: str, results: dict) -> list[tuple[str, str, str, float
         for task, metrics in tasks.items():
             for metric, label in HEADLINES.get(task, ()):
                 if metric in metrics:
-                    rows.append((config, dataset, label, float(metrics[metric])))
+                    rows.append((config, dataset, label, _scaled(metric, metrics[metric])))
     return rows
+
+
+def _scaled(metric: str, value: float) -> float:
+    return float(value) * SCALES.get(metric, 1.0)
 
 
 def headline_metrics(results: dict) -> dict:
@@ -84,14 +90,14 @@ def headline_metrics(results: dict) -> dict:
 
 
 def differences(results: dict, recorded: dict) -> list[str]:
-    """Headline metrics of `results` that differ from `recorded` at the table's precision (0.1)."""
+    """Headline metrics of `results` that differ from `recorded` at the table's precision (0.1, after SCALES)."""
     found = headline_metrics(results)
     out = []
     for dataset, tasks in recorded.items():
         for task, metrics in tasks.items():
             for metric, value in metrics.items():
                 got = found.get(dataset, {}).get(task, {}).get(metric)
-                if got is None or f"{got:.1f}" != f"{value:.1f}":
+                if got is None or f"{_scaled(metric, got):.1f}" != f"{_scaled(metric, value):.1f}":
                     out.append(f"{dataset} {task} {metric}: {got} here, {value} recorded")
     return out
 
@@ -104,8 +110,8 @@ def comparison_table(results: dict, recorded: dict, label: str) -> str:
             for metric, label_ in HEADLINES.get(task, ()):
                 if metric in metrics:
                     got = results.get(dataset, {}).get(task, {}).get(metric)
-                    shown = "-" if got is None else f"{float(got):.1f}"
-                    lines.append(f"| {dataset} | {label_} | {shown} | {metrics[metric]:.1f} |")
+                    shown = "-" if got is None else f"{_scaled(metric, got):.1f}"
+                    lines.append(f"| {dataset} | {label_} | {shown} | {_scaled(metric, metrics[metric]):.1f} |")
     return "\n".join(lines)
 
 
