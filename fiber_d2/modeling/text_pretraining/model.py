@@ -43,9 +43,12 @@ class FiberTextPretrainer(CoarseModelBase):
         pad_token_id: int,
     ) -> None:
         super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, needs_image_output=False)
-        trained = {id(p) for module in (backbone.text, heads.mlm, heads.fused.text_transform) for p in module.parameters()}
-        cross_attention = [m for name, m in backbone.text.named_children() if name == "t2i"]
-        self.freeze_unused([p for p in self.parameters() if id(p) not in trained] + cross_attention)
+        # Everything is frozen but the text side (without its cross-attentions, unused with fusion off) and the MLM
+        # head with the fused text projection it reads.
+        self.freeze_unused([self])
+        for module in (backbone.text, heads.mlm, heads.fused.text_transform):
+            module.requires_grad_(True)
+        backbone.text.t2i.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
