@@ -267,6 +267,9 @@ def _add_coarse_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.CAPTION.BEAM_SIZE = 5
     # Captioning inference: the most tokens generated after <s>, </s> included (FIBER: 50).
     cfg.MODEL.FIBER.CAPTION.MAX_LENGTH = 50
+    # Captioning inference: text every caption starts with (BLIP's "a picture of "); "" = none, as FIBER. The
+    # prompt stays in the returned caption; MAX_LENGTH counts the tokens after it.
+    cfg.MODEL.FIBER.CAPTION.PROMPT = ""
 
 
 def _add_image_pretraining_config(cfg: CN) -> None:

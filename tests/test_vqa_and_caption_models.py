@@ -345,6 +345,34 @@ def test_decoding_stops_at_max_length(captioner):
         model.max_length = 50
 
 
+def test_a_prompt_starts_every_caption_and_its_tokens_are_not_scored(captioner, tokenizer_dir):
+    trained, images = captioner
+    prompted = caption_model(tokenizer_dir, **{"MODEL.FIBER.CAPTION.PROMPT": "a red "}).eval()  # stripped
+    prompted.load_state_dict(trained.state_dict())
+    full = caption_ids(trained.tokenizer, CAPTIONS[0])[1:].tolist()  # the caption and </s>
+    prompt = trained.tokenizer("a red", add_special_tokens=False)["input_ids"]
+    assert prompted.start_ids.tolist() == [trained.bos_token_id, *prompt] and full[: len(prompt)] == prompt
+    with torch.no_grad():
+        image_tokens = prompted.encode_images(images)
+        for beam_size in (1, 3):
+            # Image 0 was trained on this caption: the prompt's continuation is the rest of it.
+            caption = prompted.generate(images[:1], beam_size=beam_size)[0]
+            assert caption.tokens == full
+            # Its score is that of the generated tokens only, given <s> and the prompt.
+            ids = torch.tensor([[trained.bos_token_id, *full]])
+            logits = trained.decoder_logits([t[:1] for t in image_tokens], ids, torch.ones_like(ids))[0, :-1]
+            logits[:, trained.banned_tokens] = float("-inf")
+            scores = logits.float().log_softmax(-1).gather(1, ids[0, 1:, None])[len(prompt) :, 0]
+            assert caption.score == pytest.approx(scores.mean().item(), abs=1e-4)
+            # Image 1's caption is another one, but its caption starts with the prompt all the same.
+            assert prompted.generate(images[1:], beam_size=beam_size)[0].tokens[: len(prompt)] == prompt
+        prompted.max_length = 2  # MAX_LENGTH counts the tokens after the prompt
+        assert prompted.generate(images[:1], beam_size=1)[0].tokens == full[: len(prompt) + 2]
+    assert prompted([{"image": image(10), "image_id": 3}])[0]["caption"].startswith("a red ")
+    with pytest.raises(ValueError, match=f"PROMPT \\({len(prompt)} tokens\\) \\+ MAX_LENGTH 126"):
+        caption_model(tokenizer_dir, **{"MODEL.FIBER.CAPTION.PROMPT": "a red", "MODEL.FIBER.CAPTION.MAX_LENGTH": 126})
+
+
 def test_caption_model_rejects_bad_settings(tokenizer_dir):
     with pytest.raises(ValueError, match="MAX_LENGTH must be in \\[1, 127\\]"):
         caption_model(tokenizer_dir, **{"MODEL.FIBER.CAPTION.MAX_LENGTH": 128})

@@ -12,7 +12,8 @@ so its last layer keeps its output LayerNorm whatever MODEL.FIBER.TEXT.SKIP_FINA
 Training (inputs from `CoarseDatasetMapper`, task "caption": `image` [3, S, S], `input_ids` [T] = <s> caption </s>):
   loss_caption  mean CE of next-token prediction over the real tokens (`caption_loss`).
 Inference returns per image {"image_id", "caption"}: greedy decoding (MODEL.FIBER.CAPTION.BEAM_SIZE 1) or beam search,
-from <s> until </s> or MODEL.FIBER.CAPTION.MAX_LENGTH generated tokens, decoded without special tokens. Special
+from <s> and MODEL.FIBER.CAPTION.PROMPT's tokens (none by default, as FIBER; BLIP's "a picture of " is one) until </s>
+or MODEL.FIBER.CAPTION.MAX_LENGTH generated tokens, decoded without special tokens, the prompt included. Special
 tokens other than </s> are never generated.
 
 Beam search (`beam_search`) keeps the k best live hypotheses by total log-probability. Each step extends every live
@@ -36,8 +37,8 @@ from .heads import CoarseHeads
 
 
 class Caption(NamedTuple):
-    """A decoded caption: `tokens`, the generated ids after <s> (</s> last if it was generated), and `score`, their
-    total log-probability / len(tokens)."""
+    """A decoded caption: `tokens`, the ids after <s> (the prompt's, then the generated ones, </s> last if it was
+    generated), and `score`, the generated tokens' total log-probability / their number."""
 
     tokens: list[int]
     score: float
@@ -73,11 +74,15 @@ class FiberCaptionModel(CoarseModelBase):
         pixel_std: Sequence[float],
         beam_size: int = 5,
         max_length: int = 50,
+        prompt: str = "",
     ) -> None:
         """
         Args:
             tokenizer: the RoBERTa tokenizer of the text encoder (decodes the captions; gives <s>, </s>, <pad>).
-            beam_size: beams at inference, 1 = greedy. max_length: the most tokens generated after <s>, </s> included.
+            beam_size: beams at inference, 1 = greedy. max_length: the most tokens generated after <s> and the
+                prompt, </s> included.
+            prompt: text every caption starts with at inference (BLIP's "a picture of "); "" = none, as FIBER. It
+                is part of the returned caption, and its tokens do not count in the score.
         """
         super().__init__(backbone, heads, pixel_mean, pixel_std, tokenizer.pad_token_id, needs_image_output=False)
         text_config = backbone.text.model.config
@@ -99,6 +104,12 @@ class FiberCaptionModel(CoarseModelBase):
         self.tokenizer = tokenizer
         self.beam_size = beam_size
         self.max_length = max_length
+        prompt_ids = tokenizer(prompt.strip(), add_special_tokens=False)["input_ids"] if prompt.strip() else []
+        if max_length + len(prompt_ids) >= positions:
+            raise ValueError(
+                f"MODEL.FIBER.CAPTION.PROMPT ({len(prompt_ids)} tokens) + MAX_LENGTH {max_length} exceed the "
+                f"{positions - 1} positions after <s>"
+            )
         self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_id = tokenizer.eos_token_id
         # Never generated: special tokens but </s>, and ids past the tokenizer's (the model's vocabulary may be larger).
@@ -106,6 +117,7 @@ class FiberCaptionModel(CoarseModelBase):
             range(len(tokenizer), text_config.vocab_size)
         )
         self.register_buffer("banned_tokens", torch.tensor(banned, dtype=torch.long), False)
+        self.register_buffer("start_ids", torch.tensor([self.bos_token_id] + prompt_ids, dtype=torch.long), False)
         # Never read: the image-to-text attention, the last Swin block (no text layer reads its output), the stage
         # output norms and the pooled heads (the fused text projection feeds the MLM head).
         image, fused = backbone.image, heads.fused
@@ -127,6 +139,7 @@ class FiberCaptionModel(CoarseModelBase):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "beam_size": cfg.MODEL.FIBER.CAPTION.BEAM_SIZE,
             "max_length": cfg.MODEL.FIBER.CAPTION.MAX_LENGTH,
+            "prompt": cfg.MODEL.FIBER.CAPTION.PROMPT,
         }
 
     def encode_images(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -156,9 +169,9 @@ class FiberCaptionModel(CoarseModelBase):
         return logits.float().index_fill(1, self.banned_tokens, float("-inf")).log_softmax(dim=-1)
 
     def greedy(self, image_tokens: Sequence[torch.Tensor]) -> list[Caption]:
-        """Greedy decoding of each image of `encode_images`' batch."""
-        batch = image_tokens[0].shape[0]
-        input_ids = torch.full((batch, 1), self.bos_token_id, dtype=torch.long, device=self.device)
+        """Greedy decoding of each image of `encode_images`' batch, after <s> and the prompt."""
+        batch, start = image_tokens[0].shape[0], len(self.start_ids)
+        input_ids = self.start_ids.expand(batch, -1)
         total = torch.zeros(batch, device=self.device)
         lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
@@ -171,7 +184,7 @@ class FiberCaptionModel(CoarseModelBase):
             if done.all():
                 break
         return [
-            Caption(input_ids[i, 1 : 1 + lengths[i]].tolist(), (total[i] / lengths[i]).item()) for i in range(batch)
+            Caption(input_ids[i, 1 : start + lengths[i]].tolist(), (total[i] / lengths[i]).item()) for i in range(batch)
         ]
 
     def beam_search(self, image_tokens: Sequence[torch.Tensor], beam_size: int) -> list[Caption]:
@@ -181,7 +194,7 @@ class FiberCaptionModel(CoarseModelBase):
         ]
 
     def _beam_search_one(self, image_tokens: Sequence[torch.Tensor], beam_size: int) -> Caption:
-        live = torch.full((1, 1), self.bos_token_id, dtype=torch.long, device=self.device)
+        live = self.start_ids[None]
         live_total = torch.zeros(1, device=self.device)
         finished: list[Caption] = []
         for step in range(1, self.max_length + 1):
