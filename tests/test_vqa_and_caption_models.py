@@ -413,6 +413,31 @@ def test_batched_inference_equals_one_record_at_a_time(tokenizer_dir):
         torch.testing.assert_close(batched["text_embeddings"], single["text_embeddings"], atol=1e-5, rtol=0)
 
 
+def test_vqa_questions_on_one_image_share_its_lower_part_and_answer_as_alone(tokenizer_dir, monkeypatch):
+    torch.manual_seed(0)
+    vqa = FiberVQAModel(micro_cfg(tokenizer_dir, "FiberVQAModel"), answers=ANSWERS).eval()
+    open_gates(vqa)
+    questions = vqa_batch([{}, {}, {}, {}])
+    # Questions 0, 2 and 3 ask about one file; question 3's image_id differs, so it is another record's image.
+    for q, (name, image_id, pixels) in zip(questions, [("a.jpg", 1, 0), ("b.jpg", 2, 1), ("a.jpg", 1, 0),
+                                                       ("a.jpg", 5, 3)]):
+        q.update(file_name=name, image_id=image_id, image=image(pixels))
+    questions[2]["input_ids"] = questions[2]["input_ids"][:4]
+    encoded = []
+    encode = vqa.backbone.encode_image_lower
+    monkeypatch.setattr(vqa.backbone, "encode_image_lower", lambda images: encoded.append(len(images)) or encode(images))
+    with torch.no_grad():
+        together = vqa(questions)
+        assert encoded == [3]  # a.jpg (id 1), b.jpg, a.jpg (id 5)
+        alone = [vqa([q])[0] for q in questions]
+        train_mode_logits = vqa.answer_logits(questions)  # training never shares: its images may be augmented
+    assert encoded[-1] == 4
+    for batched, single, logits in zip(together, alone, train_mode_logits):
+        assert batched["answer"] == single["answer"]
+        torch.testing.assert_close(batched["scores"], single["scores"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched["scores"], logits.sigmoid(), atol=1e-5, rtol=0)
+
+
 # ----- weights and packaged configs -----
 
 

@@ -50,6 +50,12 @@ class ImageState:
             outputs={name: out.expand(batch_size, -1, -1, -1) for name, out in self.outputs.items()},
         )
 
+    def select(self, index: torch.Tensor) -> "ImageState":
+        """The state of samples `index` [P] (a sample may repeat)."""
+        return dataclasses.replace(
+            self, tokens=self.tokens[index], outputs={name: out[index] for name, out in self.outputs.items()}
+        )
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch x patch conv + LayerNorm; pads the image right/bottom to a multiple of the patch size."""

@@ -34,6 +34,12 @@ class TextState:
     bias: torch.Tensor
     layer: int
 
+    def select(self, index: torch.Tensor) -> "TextState":
+        """The state of samples `index` [P] (a sample may repeat)."""
+        return dataclasses.replace(
+            self, hidden=self.hidden[index], attention_mask=self.attention_mask[index], bias=self.bias[index]
+        )
+
 
 class RobertaTextEncoder(nn.Module):
     """RoBERTa whose top `len(fused_image_dims)` layers carry a `TextToImageAttention` (keys `t2i.<layer index>`).

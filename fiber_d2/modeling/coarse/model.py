@@ -16,7 +16,6 @@ weights are trained by both stages.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import torch
@@ -132,7 +131,7 @@ class FiberCoarseModel(CoarseModelBase):
     ) -> torch.Tensor:
         """ITM logits [P, 2] of the pairs (image image_index[p], text text_index[p]) from their lower parts."""
         image_tokens, text = self.fused_tokens(
-            _select_image(image_lower, image_index), _select_text(text_lower, text_index)
+            image_lower.select(image_index), text_lower.select(text_index)
         )
         return self.heads.itm(self.heads.joint(image_tokens, text, text_lower.attention_mask[text_index]))
 
@@ -211,17 +210,3 @@ class FiberCoarseModel(CoarseModelBase):
             results.append({"image_embedding": image_embedding[i], "text_embeddings": text_embedding[start : start + count]})
             start += count
         return results
-
-
-def _select_image(state: ImageState, index: torch.Tensor) -> ImageState:
-    """The image state of samples `index` (a batch may repeat a sample)."""
-    return dataclasses.replace(
-        state, tokens=state.tokens[index], outputs={name: out[index] for name, out in state.outputs.items()}
-    )
-
-
-def _select_text(state: TextState, index: torch.Tensor) -> TextState:
-    """The text state of samples `index`."""
-    return dataclasses.replace(
-        state, hidden=state.hidden[index], attention_mask=state.attention_mask[index], bias=state.bias[index]
-    )

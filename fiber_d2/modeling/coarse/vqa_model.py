@@ -83,16 +83,26 @@ class FiberVQAModel(CoarseModelBase):
             "fused_image_norm": cfg.MODEL.FIBER.COARSE.FUSED_IMAGE_NORM,
         }
 
-    def answer_logits(self, batched_inputs: Sequence[dict]) -> torch.Tensor:
-        """Each image with its question, fused -> answer logits [B, A]."""
+    def answer_logits(self, batched_inputs: Sequence[dict], share_images: bool = False) -> torch.Tensor:
+        """Each image with its question, fused -> answer logits [B, A]. With `share_images` (inference, where an
+        image always maps to the same tensor), records of one file and image_id run the image's lower part once."""
         missing = [i for i, x in enumerate(batched_inputs) if "image" not in x or "input_ids" not in x]
         if missing:
             raise ValueError(f"VQA inputs {missing} lack 'image' or 'input_ids' (use CoarseDatasetMapper, task 'vqa')")
-        images = self.preprocess_images(batched_inputs)
+        keys = [
+            (x["file_name"], x.get("image_id")) if share_images and "file_name" in x else i
+            for i, x in enumerate(batched_inputs)
+        ]
+        first: dict[Any, int] = {}
+        image_index = [first.setdefault(key, i) for i, key in enumerate(keys)]
+        unique = sorted(set(image_index))
+        position = {i: k for k, i in enumerate(unique)}
+        images = self.preprocess_images([batched_inputs[i] for i in unique])
+        image_lower = self.backbone.encode_image_lower(images)
+        if len(unique) < len(batched_inputs):
+            image_lower = image_lower.select(torch.tensor([position[i] for i in image_index], device=self.device))
         input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
-        image_tokens, text = self.fused_tokens(
-            self.backbone.encode_image_lower(images), self.backbone.encode_text_lower(input_ids, mask)
-        )
+        image_tokens, text = self.fused_tokens(image_lower, self.backbone.encode_text_lower(input_ids, mask))
         return self.heads.vqa(self.heads.joint(image_tokens, text, mask))
 
     def forward(self, batched_inputs: Sequence[dict]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
@@ -115,7 +125,7 @@ class FiberVQAModel(CoarseModelBase):
         missing = [i for i, x in enumerate(batched_inputs) if "question_id" not in x]
         if missing:
             raise ValueError(f"VQA inputs {missing} have no 'question_id' (use CoarseDatasetMapper, task 'vqa')")
-        scores = self.answer_logits(batched_inputs).float().sigmoid()
+        scores = self.answer_logits(batched_inputs, share_images=True).float().sigmoid()
         best = scores.argmax(dim=1).tolist()
         return [
             {"question_id": x["question_id"], "answer": self.answers[index], "scores": scores_i}
