@@ -9,6 +9,7 @@ from torchvision.ops import deform_conv2d
 from fiber_d2.modeling.grounding import deform_conv
 from fiber_d2.modeling.grounding.deform_conv import (
     bilinear_corners,
+    corner_axis_weights,
     deform_conv_sampled,
     deformed_positions,
     modulated_deform_conv,
@@ -124,12 +125,15 @@ def test_bilinear_corners_of_one_sample():
     # corner outside: weight 0, indices clamped into the image. Image 1's rows start at 6.
     position = torch.tensor([[[0.25, 1.5], [-2.0, -1.0]], [[1.0, 0.0], [0.0, 0.0]]])
     mask = torch.full((2, 2), 0.5)
-    index, weight, _, valid = bilinear_corners(position, mask, 2, 3)
+    index, weight = bilinear_corners(position, mask, 2, 3)
+    axis_weight, valid = corner_axis_weights(position, 2, 3)
     assert index.shape == weight.shape == (4, 4)
     assert index[0].tolist() == [1, 2, 4, 5]
     torch.testing.assert_close(weight[0], 0.5 * torch.tensor([0.75 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.25 * 0.5]))
     assert weight[1].tolist() == [0.0] * 4 and 0 <= index[1].min() and index[1].max() < 6
     assert valid[0, 1].tolist() == [[0.0, 0.0], [0.0, 1.0]]  # (y: rows -2, -1; x: columns -1, 0)
+    # The corner weights are the products of the per-axis ones.
+    torch.testing.assert_close(weight[0], 0.5 * (axis_weight[0, 0, 0][:, None] * axis_weight[0, 0, 1][None]).flatten())
     # Image 1, whole pixel (1, 0): weight on its own row 6 + 3; the corners below / right (outside) get 0.
     assert index[2].tolist()[0] == 9 and weight[2].tolist() == [0.5, 0.0, 0.0, 0.0]
 

@@ -27,27 +27,37 @@ from torchvision.ops import deform_conv2d
 
 def bilinear_corners(
     position: torch.Tensor, mask: torch.Tensor, height: int, width: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The 4 bilinear corners of samples of an image batch of height x width (no autograd).
 
     position [B, S, 2] as (y, x) in pixels of image b; mask [B, S] -> index [B*S, 4]: rows of the input as
     [B*H*W, C] (image b's rows start at b*H*W), corners (y0, x0), (y0, x1), (y1, x0), (y1, x1); weight [B*S, 4]: the
-    bilinear weight times the mask, 0 for a corner outside the image (its index is clamped); axis_weight and valid,
-    each [B, S, 2 (y, x), 2 (low, high corner)]: the per-axis weights and whether each corner lies in the image.
+    bilinear weight times the mask, 0 for a corner outside the image (its index is clamped).
     """
-    batch, samples = mask.shape
-    device = position.device
+    batch = mask.shape[0]
     low = position.floor()
     fraction = position - low
-    corner = low.long().unsqueeze(-1) + torch.arange(2, device=device)  # [B, S, 2, 2]
-    size = torch.tensor([height, width], device=device).view(2, 1)
+    y0, x0 = low.long().unbind(-1)
+    fy, fx = fraction.unbind(-1)
+    weight_y = torch.stack([(1 - fy) * ((y0 >= 0) & (y0 < height)), fy * ((y0 >= -1) & (y0 < height - 1))], dim=-1)
+    weight_x = torch.stack([(1 - fx) * ((x0 >= 0) & (x0 < width)), fx * ((x0 >= -1) & (x0 < width - 1))], dim=-1)
+    row = torch.stack([y0.clamp(0, height - 1), (y0 + 1).clamp(0, height - 1)], dim=-1) * width
+    row += (torch.arange(batch, device=position.device) * (height * width)).view(batch, 1, 1)
+    column = torch.stack([x0.clamp(0, width - 1), (x0 + 1).clamp(0, width - 1)], dim=-1)
+    index = row[..., :, None] + column[..., None, :]  # [B, S, 2 (y corner), 2 (x corner)]
+    weight = (weight_y * mask[..., None])[..., :, None] * weight_x[..., None, :]
+    return index.view(-1, 4), weight.view(-1, 4)
+
+
+def corner_axis_weights(position: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """position [B, S, 2] (y, x) -> axis_weight and valid, each [B, S, 2 (y, x), 2 (low, high corner)]: the
+    per-axis bilinear weights (0 outside the image) and whether each corner lies in the image (for the backward)."""
+    low = position.floor()
+    fraction = position - low
+    corner = low.long().unsqueeze(-1) + torch.arange(2, device=position.device)  # [B, S, 2, 2]
+    size = torch.tensor([height, width], device=position.device).view(2, 1)
     valid = ((corner >= 0) & (corner < size)).to(position.dtype)
-    axis_weight = torch.stack([1 - fraction, fraction], dim=-1) * valid
-    corner = torch.minimum(corner.clamp(min=0), size - 1)
-    index = corner[..., 0, :, None] * width + corner[..., 1, None, :]  # [B, S, 2, 2]
-    index = index.view(batch, samples, 4) + (torch.arange(batch, device=device) * (height * width)).view(batch, 1, 1)
-    weight = (axis_weight[..., 0, :, None] * axis_weight[..., 1, None, :]).view(batch, samples, 4) * mask[..., None]
-    return index.view(-1, 4), weight.view(-1, 4), axis_weight, valid
+    return torch.stack([1 - fraction, fraction], dim=-1) * valid, valid
 
 
 class BilinearSampling(torch.autograd.Function):
@@ -56,13 +66,14 @@ class BilinearSampling(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, height: int, width: int):
-        index, weight, axis_weight, valid = bilinear_corners(position, mask, height, width)
-        ctx.save_for_backward(rows, index, weight, axis_weight, valid, mask)
+        index, weight = bilinear_corners(position, mask, height, width)
+        ctx.save_for_backward(rows, index, weight, position, mask)
+        ctx.size = (height, width)
         return F.embedding_bag(index, rows, per_sample_weights=weight.to(rows.dtype), mode="sum")
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rows, index, weight, axis_weight, valid, mask = ctx.saved_tensors
+        rows, index, weight, position, mask = ctx.saved_tensors
         grad = grad.contiguous()
         flat = index.view(-1)
         grad_rows = grad_position = grad_mask = None
@@ -74,6 +85,7 @@ class BilinearSampling(torch.autograd.Function):
                                         mode="sum")
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             # d loss / d weight[n, c] = <grad[n], rows[index[n, c]]>, embedding_bag's own per-sample-weight gradient
+            axis_weight, valid = corner_axis_weights(position, *ctx.size)
             bags = torch.arange(index.shape[0], device=flat.device)
             corner_grad = torch.ops.aten._embedding_bag_per_sample_weights_backward(
                 grad, rows, flat, bags * 4, bags.repeat_interleave(4), 0, -1
