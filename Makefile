@@ -68,11 +68,16 @@ demo-train: shapes
 # data, the second a longer continuation of the first), each from the previous stage's weights.
 # The image-level models, on 10,000 generated training images (ZOO_DATA; its validation images are the default
 # FIBER-Shapes ones) and the default FIBER-Shapes tokenizer: the Swin pretrained alone (3000 iterations, then 3250 of
-# a 12000-iteration continuation), the coarse stage (ITC, ITM, MLM; the retrieval model), then VQA and captioning
-# from the coarse stage's 2000-iteration checkpoint. The last command evaluates the exported files.
+# a 12000-iteration continuation), the coarse stage (ITC, ITM, MLM), then VQA and captioning from the coarse stage's
+# 2000-iteration checkpoint at 192 px, each exported, continued from its export on a new schedule, then fine-tuned at
+# 256 px (the zoo configs' size); the coarse stage too is exported and continued (the retrieval model). The last
+# command evaluates the exported files.
 ZOO_DATA := $(CURDIR)/output/datasets_10k
 ZOO_TRAIN = DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) projects/FIBER/train_net.py
 ZOO_TOKENIZER = MODEL.FIBER.TOKENIZER $(DETECTRON2_DATASETS)/fiber_shapes/tokenizer
+# The first VQA and captioning runs: 192 px, stopped early on long schedules (the zoo configs then fine-tune at 256 px).
+ZOO_VQA_FIRST = INPUT.COARSE.IMAGE_SIZE 192 SOLVER.MAX_ITER 20000 SOLVER.STOP_ITER 1250 SOLVER.WARMUP_ITERS 200
+ZOO_CAPTION_FIRST = INPUT.COARSE.IMAGE_SIZE 192 SOLVER.MAX_ITER 6000 SOLVER.STOP_ITER 2000 SOLVER.WARMUP_ITERS 200
 zoo: shapes
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding_stage1.yaml \
 		OUTPUT_DIR $(ZOO_DIR)/grounding_stage1
@@ -90,14 +95,33 @@ zoo: shapes
 	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval $(ZOO_TOKENIZER) \
 		MODEL.WEIGHTS $(ZOO_DIR)/image_pretraining_continued/model_final.pth
 	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa $(ZOO_TOKENIZER) \
-		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth
-	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/caption.yaml OUTPUT_DIR $(ZOO_DIR)/caption $(ZOO_TOKENIZER) \
-		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth
-	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval/model_final.pth --config fiber_shapes/zoo/retrieval.yaml \
-		--output $(ZOO_WEIGHTS)/retrieval.safetensors
+		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth $(ZOO_VQA_FIRST)
 	DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa/model_final.pth \
 		--config fiber_shapes/zoo/vqa.yaml --output $(ZOO_WEIGHTS)/vqa.safetensors --answer-vocabulary
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa_continued $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_WEIGHTS)/vqa.safetensors MODEL.FIBER.VQA.ANSWER_VOCABULARY $(ZOO_WEIGHTS)/vqa_answers.json \
+		INPUT.COARSE.IMAGE_SIZE 192 SOLVER.MAX_ITER 6000 SOLVER.WARMUP_ITERS 100
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa_256 $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_DIR)/vqa_continued/model_final.pth \
+		MODEL.FIBER.VQA.ANSWER_VOCABULARY $(ZOO_WEIGHTS)/vqa_answers.json
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/caption.yaml OUTPUT_DIR $(ZOO_DIR)/caption $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth $(ZOO_CAPTION_FIRST)
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/caption/model_final.pth --config fiber_shapes/zoo/caption.yaml \
+		--output $(ZOO_WEIGHTS)/caption.safetensors
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/caption.yaml OUTPUT_DIR $(ZOO_DIR)/caption_continued $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_WEIGHTS)/caption.safetensors INPUT.COARSE.IMAGE_SIZE 192 SOLVER.MAX_ITER 4000 SOLVER.WARMUP_ITERS 100
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/caption.yaml OUTPUT_DIR $(ZOO_DIR)/caption_256 $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_DIR)/caption_continued/model_final.pth
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval/model_final.pth --config fiber_shapes/zoo/retrieval.yaml \
+		--output $(ZOO_WEIGHTS)/retrieval.safetensors
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval_continued $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_WEIGHTS)/retrieval.safetensors \
+		SOLVER.MAX_ITER 2000 SOLVER.STOP_ITER 0 SOLVER.WARMUP_ITERS 100 SOLVER.CHECKPOINT_PERIOD 250
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval_continued/model_final.pth \
+		--config fiber_shapes/zoo/retrieval.yaml --output $(ZOO_WEIGHTS)/retrieval.safetensors
+	DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa_256/model_final.pth \
+		--config fiber_shapes/zoo/vqa.yaml --output $(ZOO_WEIGHTS)/vqa.safetensors --answer-vocabulary
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/caption_256/model_final.pth --config fiber_shapes/zoo/caption.yaml \
 		--output $(ZOO_WEIGHTS)/caption.safetensors
 	$(PY) tools/zoo_demo.py --record --output $(ZOO_DIR)/evaluation
 
