@@ -93,14 +93,15 @@ class FiberVQAModel(CoarseModelBase):
             (x["file_name"], x.get("image_id")) if share_images and "file_name" in x else i
             for i, x in enumerate(batched_inputs)
         ]
-        first: dict[Any, int] = {}
-        image_index = [first.setdefault(key, i) for i, key in enumerate(keys)]
-        unique = sorted(set(image_index))
-        position = {i: k for k, i in enumerate(unique)}
-        images = self.preprocess_images([batched_inputs[i] for i in unique])
-        image_lower = self.backbone.encode_image_lower(images)
+        slots: dict[Any, int] = {}  # key -> its image's row in the lower pass
+        unique = []
+        for key, x in zip(keys, batched_inputs):
+            if key not in slots:
+                slots[key] = len(unique)
+                unique.append(x)
+        image_lower = self.backbone.encode_image_lower(self.preprocess_images(unique))
         if len(unique) < len(batched_inputs):
-            image_lower = image_lower.select(torch.tensor([position[i] for i in image_index], device=self.device))
+            image_lower = image_lower.select(torch.tensor([slots[key] for key in keys], device=self.device))
         input_ids, mask = self.pad_texts([x["input_ids"] for x in batched_inputs])
         image_tokens, text = self.fused_tokens(image_lower, self.backbone.encode_text_lower(input_ids, mask))
         return self.heads.vqa(self.heads.joint(image_tokens, text, mask))
