@@ -25,6 +25,13 @@ import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
 
+def _axis_weights(low: torch.Tensor, fraction: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis: corner coordinates `low` (long) and `fraction`, each [B, S] -> the bilinear weights of the low and
+    high corner [B, S, 2], 0 for a corner outside [0, size), and whether each lies inside [B, S, 2] (bool)."""
+    valid = torch.stack([(low >= 0) & (low < size), (low >= -1) & (low < size - 1)], dim=-1)
+    return torch.stack([1 - fraction, fraction], dim=-1) * valid, valid
+
+
 def bilinear_corners(
     position: torch.Tensor, mask: torch.Tensor, height: int, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,10 +44,9 @@ def bilinear_corners(
     batch = mask.shape[0]
     low = position.floor()
     fraction = position - low
-    y0, x0 = low.long().unbind(-1)
-    fy, fx = fraction.unbind(-1)
-    weight_y = torch.stack([(1 - fy) * ((y0 >= 0) & (y0 < height)), fy * ((y0 >= -1) & (y0 < height - 1))], dim=-1)
-    weight_x = torch.stack([(1 - fx) * ((x0 >= 0) & (x0 < width)), fx * ((x0 >= -1) & (x0 < width - 1))], dim=-1)
+    (y0, x0), (fy, fx) = low.long().unbind(-1), fraction.unbind(-1)
+    weight_y, _ = _axis_weights(y0, fy, height)
+    weight_x, _ = _axis_weights(x0, fx, width)
     row = torch.stack([y0.clamp(0, height - 1), (y0 + 1).clamp(0, height - 1)], dim=-1) * width
     row += (torch.arange(batch, device=position.device) * (height * width)).view(batch, 1, 1)
     column = torch.stack([x0.clamp(0, width - 1), (x0 + 1).clamp(0, width - 1)], dim=-1)
@@ -54,10 +60,9 @@ def corner_axis_weights(position: torch.Tensor, height: int, width: int) -> tupl
     per-axis bilinear weights (0 outside the image) and whether each corner lies in the image (for the backward)."""
     low = position.floor()
     fraction = position - low
-    corner = low.long().unsqueeze(-1) + torch.arange(2, device=position.device)  # [B, S, 2, 2]
-    size = torch.tensor([height, width], device=position.device).view(2, 1)
-    valid = ((corner >= 0) & (corner < size)).to(position.dtype)
-    return torch.stack([1 - fraction, fraction], dim=-1) * valid, valid
+    axes = [_axis_weights(c, f, size) for c, f, size in zip(low.long().unbind(-1), fraction.unbind(-1), (height, width))]
+    axis_weight = torch.stack([weights for weights, _ in axes], dim=-2)
+    return axis_weight, torch.stack([valid for _, valid in axes], dim=-2).to(position.dtype)
 
 
 class BilinearSampling(torch.autograd.Function):
