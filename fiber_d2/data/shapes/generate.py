@@ -80,22 +80,54 @@ def _jpeg_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _generate_split(
-    root: Path, seed: int, split: str, count: int, first_id: int, heldout: Sequence[Combination]
-) -> Tuple[List[Scene], List[ImageText]]:
-    """Draw, save and describe the images of one split; train/val avoid `heldout`, novel images each contain one."""
+def _split_images(
+    seed: int, split: str, count: int, first_id: int, heldout: Sequence[Combination]
+) -> Iterator[Tuple[Scene, np.ndarray, ImageText]]:
+    """(scene, H x W x 3 uint8 picture, texts) of each image of one split; train/val avoid `heldout`, novel images
+    each contain one."""
     novel = split == "novel"
     allowed = all_combinations() if novel else [c for c in all_combinations() if c not in heldout]
-    folder = root / "images" / split
-    folder.mkdir(parents=True, exist_ok=True)
-    scenes, texts = [], []
     for index in range(count):
         scene_rng, text_rng = _image_rngs(seed, SPLITS.index(split), index)
         required = heldout[int(scene_rng.integers(len(heldout)))] if novel else None
         scene, image = sample_scene(scene_rng, first_id + index, allowed, required)
+        yield scene, image, describe_scene(scene, text_rng, allowed)
+
+
+def _generate_split(
+    root: Path, seed: int, split: str, count: int, first_id: int, heldout: Sequence[Combination]
+) -> Tuple[List[Scene], List[ImageText]]:
+    """Draw, save and describe the images of one split."""
+    folder = root / "images" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    scenes, texts = [], []
+    for scene, image, text in _split_images(seed, split, count, first_id, heldout):
         (folder / writers.image_file_name(scene.image_id)).write_bytes(_jpeg_bytes(image))
         scenes.append(scene)
-        texts.append(describe_scene(scene, text_rng, allowed))
+        texts.append(text)
+    return scenes, texts
+
+
+def load_split_scenes(root: Union[str, os.PathLike], split: str) -> Tuple[List[Scene], List[ImageText]]:
+    """The scenes and texts of one split of the dataset at `root`, regenerated from its meta.json parameters (the
+    annotation files do not keep sizes or backgrounds). Raises ValueError for an incomplete dataset, an unknown split
+    or a meta.json of another GENERATOR_VERSION."""
+    meta = load_complete_meta(root)
+    if meta is None:
+        raise ValueError(f"{root}: no complete FIBER-Shapes dataset (meta.json missing or images incomplete)")
+    params = meta["params"]
+    if params.get("version") != GENERATOR_VERSION:
+        raise ValueError(f"{root}/meta.json: generator version {params.get('version')}, this code writes "
+                         f"{GENERATOR_VERSION}; regenerate the dataset")
+    if split not in SPLITS:
+        raise ValueError(f"unknown FIBER-Shapes split {split!r}; expected one of {SPLITS}")
+    counts = params["num_images"]
+    first_id = 1 + sum(counts[name] for name in SPLITS[: SPLITS.index(split)])
+    generated = _split_images(params["seed"], split, counts[split], first_id, heldout_combinations(params["seed"]))
+    scenes, texts = [], []
+    for scene, _, text in generated:
+        scenes.append(scene)
+        texts.append(text)
     return scenes, texts
 
 
