@@ -38,8 +38,7 @@ class NounPhrase:
 
     def matches(self, obj: ShapeObject) -> bool:
         """Whether `obj` has this phrase's shape and every attribute the phrase names."""
-        return (obj.shape == self.shape and self.size in (None, obj.size)
-                and self.colour in (None, obj.colour))
+        return obj.shape == self.shape and self.size in (None, obj.size) and self.colour in (None, obj.colour)
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def parse_caption(caption: str) -> Claim:
         relation = _RELATION_OF_WORDS[parts[1]]
         chunks = [parts[0], parts[2]]
     elif len(parts) == 1:
-        chunks = re.split(r" , | and ", text.replace(",", " , "))
+        chunks = re.split(r"\s*,\s*|\s+and\s+", text)
     else:
         raise ValueError(f"more than one relation in caption {caption!r}")
     phrases = tuple(_noun_phrase(chunk.split(), caption) for chunk in chunks)
@@ -99,9 +98,11 @@ def is_true_of(claim: Claim, scene: Scene, strict: bool = True) -> bool:
     found: List[List[ShapeObject]] = []
     for phrase in claim.phrases:
         objects = [obj for obj in scene.objects if phrase.matches(obj)]
-        wanted_ok = len(objects) == phrase.count if phrase.count is not None else (
-            len(objects) == 1 if strict else bool(objects))
-        if not wanted_ok:
+        if phrase.count is not None:
+            fits = len(objects) == phrase.count
+        else:
+            fits = len(objects) == 1 if strict else bool(objects)
+        if not fits:
             return False
         found.append(objects)
     if claim.relation is None:
