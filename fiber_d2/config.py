@@ -200,6 +200,9 @@ def _add_coarse_input_config(cfg: CN) -> None:
     cfg.INPUT.COARSE = CN()
     # Side of the coarse models' square input images, in pixels (FIBER: 384; VQA 576).
     cfg.INPUT.COARSE.IMAGE_SIZE = 384
+    # Side of the input images at inference (evaluation, predictors, ITM re-ranking), in pixels; 0 = IMAGE_SIZE. As
+    # Detectron2's MIN_SIZE_TEST next to MIN_SIZE_TRAIN.
+    cfg.INPUT.COARSE.TEST_IMAGE_SIZE = 0
     # Training: random resized crop keeps this range of the image's area (1.0, 1.0: plain resize, FIBER's setting).
     cfg.INPUT.COARSE.CROP_SCALE = (0.5, 1.0)
     # Training: flip horizontally with probability 0.5 (captions with "left"/"right" get the words swapped).

@@ -259,6 +259,16 @@ def test_inference_is_a_plain_resize(data):
     assert torch.equal(rgb["image"], out["image"].flip(0))
 
 
+def test_test_image_size_applies_at_inference_only(data):
+    cfg = make_cfg(data, **{"INPUT.COARSE.TEST_IMAGE_SIZE": 2 * S})
+    out = CoarseDatasetMapper(cfg, False, task="pretrain")(pair_record(data))
+    assert torch.equal(out["image"], pil_resized(data["noise"], 2 * S))
+    assert CoarseDatasetMapper(cfg, True, task="pretrain")(pair_record(data))["image"].shape == (3, S, S)
+    cfg.INPUT.COARSE.TEST_IMAGE_SIZE = -1
+    with pytest.raises(ValueError, match="TEST_IMAGE_SIZE"):
+        CoarseDatasetMapper(cfg, False, task="pretrain")
+
+
 def test_training_crop_of_a_solid_image_stays_solid(data):
     mapper = CoarseDatasetMapper(make_cfg(data, **{"INPUT.FORMAT": "RGB"}), True, task="pretrain")
     for seed in range(5):

@@ -10,8 +10,8 @@ Tasks (the record formats are those of `datasets/image_text_pairs.py`, `vqa.py` 
 - "text": records with `captions`, training only, no image is read: one random caption, its ids and their MLM-masked
   copy, with `image_id` (FiberTextPretrainer).
 
-Output, always (but for "text"): `image` (uint8 [3, S, S], INPUT.FORMAT channels, S = INPUT.COARSE.IMAGE_SIZE), `height`, `width` (of the
-original image), `image_id`, `file_name`. Token ids are LongTensor [T]: <s> ... </s>, T <= INPUT.COARSE.MAX_TEXT_LEN
+Output, always (but for "text"): `image` (uint8 [3, S, S], INPUT.FORMAT channels; S = INPUT.COARSE.IMAGE_SIZE in
+training, INPUT.COARSE.TEST_IMAGE_SIZE if set at inference), `height`, `width` (of the original image), `image_id`, `file_name`. Token ids are LongTensor [T]: <s> ... </s>, T <= INPUT.COARSE.MAX_TEXT_LEN
 (longer texts are truncated, </s> kept last), unpadded.
 Training images: a random resized crop (area fraction in INPUT.COARSE.CROP_SCALE, aspect ratio in [3/4, 4/3]) resized to
 S x S, then (INPUT.COARSE.RANDOM_FLIP) a horizontal flip with probability 0.5 that swaps the words "left" and "right" of
@@ -218,10 +218,12 @@ class CoarseDatasetMapper:
         answer_vocabulary: list[str] | None = None,
     ) -> dict[str, Any]:
         coarse = cfg.INPUT.COARSE
+        if coarse.TEST_IMAGE_SIZE < 0:
+            raise ValueError(f"INPUT.COARSE.TEST_IMAGE_SIZE must be >= 0 (0: IMAGE_SIZE), got {coarse.TEST_IMAGE_SIZE}")
         return {
             "is_train": is_train,
             "task": task,
-            "image_size": coarse.IMAGE_SIZE,
+            "image_size": coarse.IMAGE_SIZE if is_train or not coarse.TEST_IMAGE_SIZE else coarse.TEST_IMAGE_SIZE,
             "crop_scale": tuple(coarse.CROP_SCALE),
             "random_flip": coarse.RANDOM_FLIP,
             "image_format": cfg.INPUT.FORMAT,
