@@ -70,8 +70,8 @@ demo-train: shapes
 # FIBER-Shapes ones) and the default FIBER-Shapes tokenizer: the Swin pretrained alone (3000 iterations, then 3250 of
 # a 12000-iteration continuation), the coarse stage (ITC, ITM, MLM), then VQA and captioning from the coarse stage's
 # 2000-iteration checkpoint at 192 px, each exported, continued from its export on a new schedule, then fine-tuned at
-# 256 px (the zoo configs' size); the coarse stage too is exported and continued (the retrieval model). The last
-# command evaluates the exported files.
+# 256 px (the zoo configs' size; VQA on two schedules in a row); the coarse stage too is exported and continued (the
+# retrieval model). The last command evaluates the exported files.
 ZOO_DATA := $(CURDIR)/output/datasets_10k
 ZOO_TRAIN = DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) projects/FIBER/train_net.py
 ZOO_TOKENIZER = MODEL.FIBER.TOKENIZER $(DETECTRON2_DATASETS)/fiber_shapes/tokenizer
@@ -103,6 +103,9 @@ zoo: shapes
 		INPUT.COARSE.IMAGE_SIZE 192 SOLVER.MAX_ITER 6000 SOLVER.WARMUP_ITERS 100
 	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa_256 $(ZOO_TOKENIZER) \
 		MODEL.WEIGHTS $(ZOO_DIR)/vqa_continued/model_final.pth \
+		MODEL.FIBER.VQA.ANSWER_VOCABULARY $(ZOO_WEIGHTS)/vqa_answers.json SOLVER.MAX_ITER 2000
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa_256_continued $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_DIR)/vqa_256/model_final.pth \
 		MODEL.FIBER.VQA.ANSWER_VOCABULARY $(ZOO_WEIGHTS)/vqa_answers.json
 	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/caption.yaml OUTPUT_DIR $(ZOO_DIR)/caption $(ZOO_TOKENIZER) \
 		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth $(ZOO_CAPTION_FIRST)
@@ -119,7 +122,7 @@ zoo: shapes
 		SOLVER.MAX_ITER 2000 SOLVER.STOP_ITER 0 SOLVER.WARMUP_ITERS 100 SOLVER.CHECKPOINT_PERIOD 250
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval_continued/model_final.pth \
 		--config fiber_shapes/zoo/retrieval.yaml --output $(ZOO_WEIGHTS)/retrieval.safetensors
-	DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa_256/model_final.pth \
+	DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa_256_continued/model_final.pth \
 		--config fiber_shapes/zoo/vqa.yaml --output $(ZOO_WEIGHTS)/vqa.safetensors --answer-vocabulary
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/caption_256/model_final.pth --config fiber_shapes/zoo/caption.yaml \
 		--output $(ZOO_WEIGHTS)/caption.safetensors
