@@ -11,8 +11,9 @@ Tasks (the record formats are those of `datasets/image_text_pairs.py`, `vqa.py` 
   copy, with `image_id` (FiberTextPretrainer).
 
 Output, always (but for "text"): `image` (uint8 [3, S, S], INPUT.FORMAT channels; S = INPUT.COARSE.IMAGE_SIZE in
-training, INPUT.COARSE.TEST_IMAGE_SIZE if set at inference), `height`, `width` (of the original image), `image_id`, `file_name`. Token ids are LongTensor [T]: <s> ... </s>, T <= INPUT.COARSE.MAX_TEXT_LEN
-(longer texts are truncated, </s> kept last), unpadded.
+training, INPUT.COARSE.TEST_IMAGE_SIZE if set at inference), `height`, `width` (of the original image), `image_id`,
+`file_name`. Token ids are LongTensor [T]: <s> ... </s>, T <= INPUT.COARSE.MAX_TEXT_LEN (longer texts are truncated,
+</s> kept last), unpadded.
 Training images: a random resized crop (area fraction in INPUT.COARSE.CROP_SCALE, aspect ratio in [3/4, 4/3]) resized to
 S x S, then (INPUT.COARSE.RANDOM_FLIP) a horizontal flip with probability 0.5 that swaps the words "left" and "right" of
 the caption, or of the question and its answers. Inference images: resized to S x S, nothing else.

@@ -7,20 +7,19 @@ import re
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
-from ..data.shapes.vocabulary import COLOURS, SHAPE_PLURALS, SHAPES
+from ..data.shapes.vocabulary import COLOURS, SHAPE_OF_WORD
 
 __all__ = ["caption_pairs", "load_colorshape_objects", "shapes_caption_scores"]
 
-_SHAPE_OF_WORD = {**{shape: shape for shape in SHAPES}, **{plural: shape for shape, plural in SHAPE_PLURALS.items()}}
 _PAIR = re.compile(
-    r"\b(" + "|".join(COLOURS) + r")\s+(" + "|".join(sorted(_SHAPE_OF_WORD, key=len, reverse=True)) + r")\b"
+    r"\b(" + "|".join(COLOURS) + r")\s+(" + "|".join(sorted(SHAPE_OF_WORD, key=len, reverse=True)) + r")\b"
 )
 
 
 def caption_pairs(caption: str) -> set[tuple[str, str]]:
     """The (colour, shape) pairs a caption names: a colour word directly followed by a shape word, singular or plural,
     e.g. "two red circles and a blue star" -> {("red", "circle"), ("blue", "star")}."""
-    return {(colour, _SHAPE_OF_WORD[shape]) for colour, shape in _PAIR.findall(caption.lower())}
+    return {(colour, SHAPE_OF_WORD[shape]) for colour, shape in _PAIR.findall(caption.lower())}
 
 
 def load_colorshape_objects(json_file: str) -> dict[Any, set[tuple[str, str]]]:

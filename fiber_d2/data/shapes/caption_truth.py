@@ -15,11 +15,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .scenes import Scene, ShapeObject
 from .text import NUMBER_WORDS, RELATION_WORDS, spatial_relation
-from .vocabulary import BACKGROUNDS, COLOURS, SHAPE_PLURALS, SHAPES, SIZES
+from .vocabulary import BACKGROUNDS, COLOURS, SHAPE_OF_WORD, SIZES
 
 __all__ = ["Claim", "NounPhrase", "is_true_of", "parse_caption", "text_to_image_ceiling"]
 
-_SHAPE_OF_WORD = {**{shape: shape for shape in SHAPES}, **{plural: shape for shape, plural in SHAPE_PLURALS.items()}}
 _BACKGROUND_OF_WORD = {word: kind for kind, word in BACKGROUNDS.items()}
 _RELATION_OF_WORDS = {words: relation for relation, options in RELATION_WORDS.items() for words in options}
 # Longest first, so "to the left of" is not read as "left of".
@@ -52,7 +51,7 @@ class Claim:
 
 
 def _noun_phrase(words: Sequence[str], caption: str) -> NounPhrase:
-    shapes = [word for word in words if word in _SHAPE_OF_WORD]
+    shapes = [word for word in words if word in SHAPE_OF_WORD]
     if len(shapes) != 1 or words[-1] != shapes[0]:
         raise ValueError(f"cannot read a noun phrase in {' '.join(words)!r} of caption {caption!r}")
     numbers = [NUMBER_WORDS.index(word) for word in words if word in NUMBER_WORDS]
@@ -60,7 +59,7 @@ def _noun_phrase(words: Sequence[str], caption: str) -> NounPhrase:
         count=numbers[0] if numbers else None,
         size=next((word for word in words if word in SIZES), None),
         colour=next((word for word in words if word in COLOURS), None),
-        shape=_SHAPE_OF_WORD[shapes[0]],
+        shape=SHAPE_OF_WORD[shapes[0]],
     )
 
 

@@ -6,6 +6,8 @@ import numpy as np
 # Detection categories, in category-id order (ids 1..6).
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
 SHAPE_PLURALS: Dict[str, str] = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
+# The shape each shape word names, singular or plural ("circles" -> "circle").
+SHAPE_OF_WORD: Dict[str, str] = {**{shape: shape for shape in SHAPES}, **{p: s for s, p in SHAPE_PLURALS.items()}}
 
 # Named colours and their nominal RGB values (0-255); objects get at most COLOUR_JITTER per channel on top.
 COLOURS: Dict[str, Tuple[int, int, int]] = {
