@@ -21,6 +21,7 @@ ZOO_DIR := output/zoo
 ZOO_CONFIGS := configs/fiber_shapes/zoo
 ZOO_WEIGHTS := model_zoo/fiber_shapes
 SHAPES_IMAGES = $(DETECTRON2_DATASETS)/fiber_shapes/images/val/*.jpg
+SHAPES_META = $(DETECTRON2_DATASETS)/fiber_shapes/meta.json
 
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 export HF_HUB_OFFLINE := 1
@@ -49,8 +50,13 @@ test: shapes
 test-quick: shapes
 	$(PY) -m pytest -m "not slow" tests
 
-shapes: setup
+# FIBER-Shapes is (re)generated when it is missing or the generator changed since it was written; the tool itself
+# skips a dataset made with the same parameters.
+shapes: $(SHAPES_META)
+
+$(SHAPES_META): $(STAMP) tools/make_shapes_dataset.py $(wildcard fiber_d2/data/shapes/*.py)
 	$(PY) tools/make_shapes_dataset.py --root $(DETECTRON2_DATASETS)/fiber_shapes
+	touch $@
 
 demo: shapes
 	$(PY) tools/zoo_demo.py --output $(DEMO_DIR)

@@ -137,7 +137,10 @@ def evaluate(config: str, output_dir: str) -> dict:
     cfg.freeze()
     model = Trainer.build_model(cfg)
     FiberCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return Trainer.test(cfg, model)
+    results = Trainer.test(cfg, model)
+    if cfg.TEST.AUG.ENABLED:  # test-time augmentation (the VQA model's image sizes), as train_net.py runs it
+        results.update(Trainer.test_with_TTA(cfg, model))
+    return results
 
 
 def evaluate_all(configs: list[str], output: str, results_file: str, threads: int) -> None:

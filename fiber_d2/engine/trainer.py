@@ -21,6 +21,7 @@ from ..config import ConfigError
 from ..data.loaders import build_test_loader, build_train_loader
 from ..evaluation import build_evaluator, save_results_json
 from ..evaluation.results import check_results_file
+from ..modeling.coarse.tta import build_tta_model
 from ..solver import build_optimizer
 from .amp import FiberAMPTrainer, amp_precision
 from .coarse_hook import CoarseStageHook
@@ -97,11 +98,25 @@ class Trainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None) -> dict:
+    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> dict:
+        """The test sets again through the model's test-time augmentation (TEST.AUG; `build_tta_model`), as
+        Detectron2's own train_net.py does: results under "<dataset>_TTA", evaluator files under OUTPUT_DIR/
+        inference_TTA."""
+        logger.info("Running inference with test-time augmentation ...")
+        tta = build_tta_model(cfg, model)
+        evaluators = [
+            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        return cls.test(cfg, tta, evaluators, suffix="_TTA")
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None, suffix: str = "") -> dict:
         """DefaultTrainer.test one dataset at a time (the evaluators get the model when retrieval re-ranks by ITM):
         each dataset's results are merged into OUTPUT_DIR/TEST.RESULTS_FILE as soon as it is evaluated, so an error
         in a later one keeps them. Returns {dataset_name: {task: {metric: value}}}. The random generators end as
-        they were, so an evaluation during training does not change the training."""
+        they were, so an evaluation during training does not change the training. `suffix` is appended to the
+        dataset names of the results."""
         path = results_path(cfg)
         check_results_file(path)
         if isinstance(evaluators, DatasetEvaluator):
@@ -114,7 +129,7 @@ class Trainer(DefaultTrainer):
                 one = cfg.clone()
                 one.defrost()
                 one.DATASETS.TEST = (name,)
-                results[name] = super().test(one, model, None if evaluators is None else [evaluators[index]])
+                results[name + suffix] = super().test(one, model, None if evaluators is None else [evaluators[index]])
                 if comm.is_main_process():
-                    save_results_json({name: results[name]}, path)
+                    save_results_json({name + suffix: results[name + suffix]}, path)
         return results

@@ -17,7 +17,7 @@ line naming it.
 """
 import sys
 
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_argument_parser, default_setup, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -55,9 +55,14 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         FiberCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
 
 

@@ -1,0 +1,82 @@
+"""Test-time augmentation for VQA, as Detectron2's GeneralizedRCNNWithTTA is for its detectors (TEST.AUG).
+
+`FiberVQAWithTTA` answers each question from several views of its image: the square test image at each side in
+TEST.AUG.MIN_SIZES (for a square image the shorter side is the side) and, with TEST.AUG.FLIP, each of them flipped
+left to right (the words "left" and "right" of the question swapped, as in training). The answer is the top class of
+the views' sigmoid probabilities, averaged. `build_tta_model` gives the wrapper of a model (DDP-wrapped or not) or
+says that the model has no TTA. `Trainer.test_with_TTA` and `train_net.py` run it when TEST.AUG.ENABLED is set.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from detectron2.config import CfgNode
+from torch import nn
+
+from ...config import ConfigError
+from ...data.coarse_mapper import CoarseDatasetMapper
+from ...data.grounding_mapper import swap_left_right
+from .vqa_model import FiberVQAModel
+
+
+class CoarseViewsMapper:
+    """A mapped VQA input (it keeps `file_name`, `height`, `width`, `question_id`, `question`) -> its views: one
+    inference input per (size, flip), each with `image` [3, S, S] and the question's `input_ids` [T]."""
+
+    def __init__(self, cfg: CfgNode, answers: Sequence[str], sizes: Sequence[int], flip: bool) -> None:
+        sizes = [int(s) for s in sizes]
+        if not sizes or min(sizes) < 1:
+            raise ConfigError(f"TEST.AUG.MIN_SIZES must be positive image sides for VQA TTA, got {tuple(sizes)}")
+        args = CoarseDatasetMapper.from_config(cfg, is_train=False, task="vqa", answer_vocabulary=list(answers))
+        self.mappers = [CoarseDatasetMapper(**dict(args, image_size=size)) for size in sizes]
+        self.flip = flip
+
+    def __call__(self, record: dict) -> list[dict]:
+        base = {key: record[key] for key in ("file_name", "height", "width", "image_id", "question_id", "question")
+                if key in record}
+        views = [mapper(base) for mapper in self.mappers]
+        if self.flip:
+            swapped = dict(base, question=swap_left_right(base["question"], [])[0])
+            for mapper in self.mappers:
+                view = mapper(swapped)
+                view["image"] = view["image"].flip(-1)
+                views.append(view)
+        return views
+
+
+class FiberVQAWithTTA(nn.Module):
+    """A FiberVQAModel answering from the average of its views' answer probabilities (inference only)."""
+
+    def __init__(self, cfg: CfgNode, model: FiberVQAModel, views_mapper: CoarseViewsMapper | None = None) -> None:
+        super().__init__()
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        if not isinstance(model, FiberVQAModel):
+            raise TypeError(f"FiberVQAWithTTA wraps a FiberVQAModel, got {type(model).__name__}")
+        self.model = model
+        self.views = views_mapper or CoarseViewsMapper(cfg, model.answers, cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.FLIP)
+
+    @torch.no_grad()
+    def forward(self, batched_inputs: Sequence[dict]) -> list[dict[str, Any]]:
+        """Per question: {"question_id", "answer": str, "scores": [A] probabilities averaged over the views}."""
+        if self.model.training:
+            raise RuntimeError("FiberVQAWithTTA is for inference: put the model in eval mode")
+        views = [self.views(x) for x in batched_inputs]
+        scores = torch.stack([
+            self.model.answer_logits([v[k] for v in views], share_images=True).float().sigmoid()
+            for k in range(len(views[0]))
+        ]).mean(dim=0)
+        best = scores.argmax(dim=1).tolist()
+        return [
+            {"question_id": x["question_id"], "answer": self.model.answers[index], "scores": scores_i}
+            for x, index, scores_i in zip(batched_inputs, best, scores)
+        ]
+
+
+def build_tta_model(cfg: CfgNode, model: nn.Module) -> nn.Module:
+    """The TEST.AUG wrapper of `model`; a ConfigError for a model that has none."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if isinstance(inner, FiberVQAModel):
+        return FiberVQAWithTTA(cfg, inner)
+    raise ConfigError(f"TEST.AUG.ENABLED: test-time augmentation is implemented for FiberVQAModel, not {type(inner).__name__}")

@@ -1,0 +1,155 @@
+"""VQA test-time augmentation (TEST.AUG; fiber_d2/modeling/coarse/tta.py): the views, the averaged answer, the
+Trainer's "_TTA" results, and a clear error for models without TTA."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.evaluation import DatasetEvaluator
+from PIL import Image
+
+from fiber_d2.config import ConfigError, add_fiber_config
+from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
+from fiber_d2.engine import trainer as trainer_module
+from fiber_d2.engine.trainer import Trainer
+from fiber_d2.model_zoo import get_config_file
+from fiber_d2.modeling import FiberCoarseModel, FiberVQAModel
+from fiber_d2.modeling.coarse.tta import CoarseViewsMapper, FiberVQAWithTTA, build_tta_model
+
+ANSWERS = ["yes", "no", "2", "red", "blue"]
+QUESTIONS = ["is the red circle left of the star?", "what colour is the star?", "how many squares are there?"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    colours = ["red", "blue", "green"]
+    shapes = ["circle", "square", "star"]
+    texts = [f"is the {c} {s} left of the {s}? what colour right how many are there" for c in colours for s in shapes]
+    return str(train_roberta_bpe_tokenizer(texts * 3, tmp_path_factory.mktemp("tok"), vocab_size=300))
+
+
+def vqa_cfg(tokenizer_dir: str):
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.merge_from_file(get_config_file("backbone/FIBER-tiny.yaml"))
+    cfg.MODEL.META_ARCHITECTURE = "FiberVQAModel"
+    cfg.MODEL.FIBER.TOKENIZER = tokenizer_dir
+    cfg.MODEL.FIBER.TEXT.VOCAB_SIZE = 300
+    cfg.MODEL.FIBER.SWIN.DROP_PATH_RATE = 0.0
+    cfg.MODEL.FIBER.TEXT.DROPOUT = 0.0
+    cfg.INPUT.COARSE.TEST_IMAGE_SIZE = 64
+    cfg.TEST.AUG.MIN_SIZES = (64, 96)
+    cfg.TEST.AUG.FLIP = False
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Three questions on two image files (the first two on one image), as the test loader's mapper keeps them."""
+    folder = tmp_path_factory.mktemp("images")
+    out = []
+    for index, (image_id, question) in enumerate(zip([1, 1, 2], QUESTIONS)):
+        path = folder / f"{image_id}.png"
+        pixels = np.random.default_rng(image_id).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+        out.append({"file_name": str(path), "height": 70, "width": 90, "image_id": image_id,
+                    "question_id": 10 + index, "question": question})
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer_dir):
+    torch.manual_seed(0)
+    vqa = FiberVQAModel(vqa_cfg(tokenizer_dir), answers=ANSWERS).eval()
+    for name, parameter in vqa.named_parameters():
+        if name.endswith("alpha"):
+            parameter.data.fill_(0.5)  # open the fusion gates, so the answer depends on image and question together
+    return vqa
+
+
+def test_views_are_one_per_size_and_flip_with_left_and_right_swapped(tokenizer_dir, records):
+    views = CoarseViewsMapper(vqa_cfg(tokenizer_dir), ANSWERS, sizes=(64, 96), flip=True)(records[0])
+    assert [tuple(v["image"].shape) for v in views] == [(3, 64, 64), (3, 96, 96)] * 2
+    assert all(v["question_id"] == 10 and "vqa_targets" not in v for v in views)
+    for plain, flipped in zip(views[:2], views[2:]):
+        assert torch.equal(flipped["image"], plain["image"].flip(-1))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    assert tokenizer.decode(views[0]["input_ids"], skip_special_tokens=True) == QUESTIONS[0]
+    assert tokenizer.decode(views[2]["input_ids"], skip_special_tokens=True) == QUESTIONS[0].replace("left", "right")
+
+
+def test_tta_answers_from_the_mean_of_the_views_probabilities(tokenizer_dir, records, model):
+    cfg = vqa_cfg(tokenizer_dir)
+    tta = FiberVQAWithTTA(cfg, model)
+    outputs = tta(records)
+    views_mapper = CoarseViewsMapper(cfg, ANSWERS, sizes=(64, 96), flip=False)
+    for record, output in zip(records, outputs):
+        with torch.no_grad():
+            alone = [model([view])[0]["scores"] for view in views_mapper(record)]  # each view on its own
+        expected = torch.stack(alone).mean(dim=0)
+        assert output["question_id"] == record["question_id"]
+        torch.testing.assert_close(output["scores"], expected, atol=1e-5, rtol=0)
+        assert output["answer"] == ANSWERS[int(expected.argmax())]
+        assert not torch.allclose(alone[0], alone[1], atol=1e-4)  # the two sizes do give the model different inputs
+
+
+def test_tta_with_one_view_is_the_plain_model(tokenizer_dir, records, model):
+    cfg = vqa_cfg(tokenizer_dir)
+    cfg.TEST.AUG.MIN_SIZES = (64,)
+    plain_inputs = CoarseViewsMapper(cfg, ANSWERS, sizes=(64,), flip=False)
+    with torch.no_grad():
+        plain = model([plain_inputs(r)[0] for r in records])
+    for a, b in zip(FiberVQAWithTTA(cfg, model)(records), plain):
+        assert a["answer"] == b["answer"]
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-6, rtol=0)
+
+
+def test_tta_refuses_training_mode_bad_sizes_and_models_without_tta(tokenizer_dir, records, model):
+    cfg = vqa_cfg(tokenizer_dir)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        FiberVQAWithTTA(cfg, model.train())(records)
+    model.eval()
+    cfg.TEST.AUG.MIN_SIZES = (64, 0)
+    with pytest.raises(ConfigError, match="TEST.AUG.MIN_SIZES"):
+        build_tta_model(cfg, model)
+    cfg.MODEL.META_ARCHITECTURE = "FiberCoarseModel"
+    with pytest.raises(ConfigError, match="FiberVQAModel, not FiberCoarseModel"):
+        build_tta_model(cfg, FiberCoarseModel(cfg))
+
+
+class ConstantEvaluator(DatasetEvaluator):
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def process(self, inputs, outputs) -> None:
+        pass
+
+    def evaluate(self) -> dict:
+        return {"vqa": {"accuracy": self.value}}
+
+
+def test_trainer_reports_tta_results_next_to_the_plain_ones(tmp_path, monkeypatch):
+    cfg = get_cfg()
+    add_fiber_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.DATASETS.TEST = ("first", "second")
+    folders = []
+    monkeypatch.setattr(Trainer, "build_test_loader", classmethod(lambda cls, cfg, name: [[{"x": 1}]]))
+    monkeypatch.setattr(
+        Trainer, "build_evaluator",
+        classmethod(lambda cls, cfg, name, output_folder=None, model=None:
+                    folders.append(output_folder) or ConstantEvaluator(80.0 if output_folder else 70.0)),
+    )
+    monkeypatch.setattr(trainer_module, "build_tta_model", lambda cfg, model: model)
+    model = torch.nn.Identity()
+    plain = Trainer.test(cfg, model, [ConstantEvaluator(70.0), ConstantEvaluator(71.0)])
+    augmented = Trainer.test_with_TTA(cfg, model)
+    assert plain == {"first": {"vqa": {"accuracy": 70.0}}, "second": {"vqa": {"accuracy": 71.0}}}
+    assert augmented == {"first_TTA": {"vqa": {"accuracy": 80.0}}, "second_TTA": {"vqa": {"accuracy": 80.0}}}
+    assert folders == [str(tmp_path / "inference_TTA" / "first"), str(tmp_path / "inference_TTA" / "second")]
+    assert json.loads((tmp_path / "results.json").read_text()) == {**plain, **augmented}
