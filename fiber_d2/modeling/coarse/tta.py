@@ -79,4 +79,6 @@ def build_tta_model(cfg: CfgNode, model: nn.Module) -> nn.Module:
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if isinstance(inner, FiberVQAModel):
         return FiberVQAWithTTA(cfg, inner)
-    raise ConfigError(f"TEST.AUG.ENABLED: test-time augmentation is implemented for FiberVQAModel, not {type(inner).__name__}")
+    raise ConfigError(
+        f"TEST.AUG.ENABLED: test-time augmentation is implemented for FiberVQAModel, not {type(inner).__name__}"
+    )
