@@ -12,6 +12,7 @@ from detectron2.evaluation import DatasetEvaluator
 from PIL import Image
 
 from fiber_d2.config import ConfigError, add_fiber_config
+from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
 from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
 from fiber_d2.engine import trainer as trainer_module
 from fiber_d2.engine.trainer import Trainer
@@ -73,9 +74,19 @@ def model(tokenizer_dir):
 
 
 def test_views_are_one_per_size_and_flip_with_left_and_right_swapped(tokenizer_dir, records):
-    views = CoarseViewsMapper(vqa_cfg(tokenizer_dir), ANSWERS, sizes=(64, 96), flip=True)(records[0])
+    cfg = vqa_cfg(tokenizer_dir)
+    mapper = CoarseViewsMapper(cfg, sizes=(64, 96), flip=True)
+    views = mapper(records[0])
     assert [tuple(v["image"].shape) for v in views] == [(3, 64, 64), (3, 96, 96)] * 2
     assert all(v["question_id"] == 10 and "vqa_targets" not in v for v in views)
+    for size, view in zip((64, 96), views):  # each unflipped view is what the test loader's mapper gives at its size
+        args = CoarseDatasetMapper.from_config(cfg, is_train=False, task="vqa", answer_vocabulary=ANSWERS)
+        plain = CoarseDatasetMapper(**dict(args, image_size=size))(records[0])
+        assert torch.equal(view["image"], plain["image"]) and torch.equal(view["input_ids"], plain["input_ids"])
+    next_question = mapper(records[1])  # the same image file: its images are reused, its question is its own
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(views, next_question))
+    assert not torch.equal(views[0]["input_ids"], next_question[0]["input_ids"])
+    assert not torch.equal(mapper(records[2])[0]["image"], views[0]["image"])
     for plain, flipped in zip(views[:2], views[2:]):
         assert torch.equal(flipped["image"], plain["image"].flip(-1))
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -87,7 +98,7 @@ def test_tta_answers_from_the_mean_of_the_views_probabilities(tokenizer_dir, rec
     cfg = vqa_cfg(tokenizer_dir)
     tta = FiberVQAWithTTA(cfg, model)
     outputs = tta(records)
-    views_mapper = CoarseViewsMapper(cfg, ANSWERS, sizes=(64, 96), flip=False)
+    views_mapper = CoarseViewsMapper(cfg, sizes=(64, 96), flip=False)
     for record, output in zip(records, outputs):
         with torch.no_grad():
             alone = [model([view])[0]["scores"] for view in views_mapper(record)]  # each view on its own
@@ -101,7 +112,7 @@ def test_tta_answers_from_the_mean_of_the_views_probabilities(tokenizer_dir, rec
 def test_tta_with_one_view_is_the_plain_model(tokenizer_dir, records, model):
     cfg = vqa_cfg(tokenizer_dir)
     cfg.TEST.AUG.MIN_SIZES = (64,)
-    plain_inputs = CoarseViewsMapper(cfg, ANSWERS, sizes=(64,), flip=False)
+    plain_inputs = CoarseViewsMapper(cfg, sizes=(64,), flip=False)
     with torch.no_grad():
         plain = model([plain_inputs(r)[0] for r in records])
     for a, b in zip(FiberVQAWithTTA(cfg, model)(records), plain):

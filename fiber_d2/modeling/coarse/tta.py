@@ -17,31 +17,40 @@ from torch import nn
 from ...config import ConfigError
 from ...data.coarse_mapper import CoarseDatasetMapper
 from ...data.grounding_mapper import swap_left_right
+from ...data.positive_map import encode_prompt
 from .vqa_model import FiberVQAModel
 
 
 class CoarseViewsMapper:
     """A mapped VQA input (it keeps `file_name`, `height`, `width`, `question_id`, `question`) -> its views: one
-    inference input per (size, flip), each with `image` [3, S, S] and the question's `input_ids` [T]."""
+    inference input per (size, flip), each with `image` [3, S, S] and the question's `input_ids` [T]. The images of
+    the last file are kept, since the questions of one image come one after the other."""
 
-    def __init__(self, cfg: CfgNode, answers: Sequence[str], sizes: Sequence[int], flip: bool) -> None:
+    def __init__(self, cfg: CfgNode, sizes: Sequence[int], flip: bool) -> None:
         sizes = [int(s) for s in sizes]
         if not sizes or min(sizes) < 1:
             raise ConfigError(f"TEST.AUG.MIN_SIZES must be positive image sides for VQA TTA, got {tuple(sizes)}")
-        args = CoarseDatasetMapper.from_config(cfg, is_train=False, task="vqa", answer_vocabulary=list(answers))
-        self.mappers = [CoarseDatasetMapper(**dict(args, image_size=size)) for size in sizes]
+        # the "caption" task at inference maps an image alone, exactly as the "vqa" task does
+        args = CoarseDatasetMapper.from_config(cfg, is_train=False, task="caption")
+        self.image_mappers = [CoarseDatasetMapper(**dict(args, image_size=size)) for size in sizes]
+        self.tokenizer = args["tokenizer"]
+        self.max_text_len = args["max_text_len"]
         self.flip = flip
+        self._images: tuple[Any, list[torch.Tensor]] = (None, [])  # (file key, image per size) of the last file
 
     def __call__(self, record: dict) -> list[dict]:
         base = {key: record[key] for key in ("file_name", "height", "width", "image_id", "question_id", "question")
                 if key in record}
-        views = [mapper(base) for mapper in self.mappers]
+        key = (base["file_name"], base.get("image_id"))
+        if self._images[0] != key:
+            self._images = (key, [mapper(base)["image"] for mapper in self.image_mappers])
+        images = self._images[1]
+        input_ids = encode_prompt(self.tokenizer, base["question"], self.max_text_len)[0]
+        views = [dict(base, image=image, input_ids=input_ids) for image in images]
         if self.flip:
-            swapped = dict(base, question=swap_left_right(base["question"], [])[0])
-            for mapper in self.mappers:
-                view = mapper(swapped)
-                view["image"] = view["image"].flip(-1)
-                views.append(view)
+            question = swap_left_right(base["question"], [])[0]
+            input_ids = encode_prompt(self.tokenizer, question, self.max_text_len)[0]
+            views += [dict(base, question=question, image=image.flip(-1), input_ids=input_ids) for image in images]
         return views
 
 
@@ -55,7 +64,7 @@ class FiberVQAWithTTA(nn.Module):
         if not isinstance(model, FiberVQAModel):
             raise TypeError(f"FiberVQAWithTTA wraps a FiberVQAModel, got {type(model).__name__}")
         self.model = model
-        self.views = views_mapper or CoarseViewsMapper(cfg, model.answers, cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.FLIP)
+        self.views = views_mapper or CoarseViewsMapper(cfg, cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.FLIP)
 
     @torch.no_grad()
     def forward(self, batched_inputs: Sequence[dict]) -> list[dict[str, Any]]:
