@@ -213,6 +213,9 @@ def _add_coarse_input_config(cfg: CN) -> None:
     cfg.INPUT.COARSE.MLM_PROBABILITY = 0.15
     # VQA: answers given by fewer than this many training questions' annotators are left out of the vocabulary.
     cfg.INPUT.COARSE.VQA_MIN_ANSWER_COUNT = 1
+    # Coarse-stage training: groups of interchangeable words, e.g. [["red", "blue"], ["circle", "star"]]. Each caption
+    # with such a word also gives ITM a negative, itself with one of them swapped (NegCLIP-style). Empty: off (FIBER).
+    cfg.INPUT.COARSE.ITM_SWAP_WORDS = []
 
 
 def _add_coarse_config(cfg: CN) -> None:

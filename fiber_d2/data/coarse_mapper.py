@@ -38,6 +38,7 @@ from .datasets.errors import check_on_bad_record
 from .grounding_mapper import swap_left_right
 from .image_io import describe_record, read_record_image_or_skip
 from .positive_map import encode_prompt
+from .swapped_captions import check_swap_groups, swap_one_word
 from .tokenizer import load_tokenizer
 from .vqa_answers import normalize_vqa_answer, vqa_soft_score
 
@@ -156,6 +157,7 @@ class CoarseDatasetMapper:
         mlm_probability: float,
         answer_vocabulary: list[str] | None = None,
         on_bad_record: str = "raise",
+        itm_swap_words: Sequence[Sequence[str]] = (),
     ) -> None:
         """
         Args:
@@ -170,6 +172,9 @@ class CoarseDatasetMapper:
                 record's size raises an ImageError naming dataset, file and image_id ("raise"), or, in training
                 only, is logged and the record skipped ("skip": the mapper returns None and Detectron2's loader
                 takes another record). At inference it always raises.
+            itm_swap_words: groups of interchangeable words (INPUT.COARSE.ITM_SWAP_WORDS); when set, "pretrain"
+                training inputs get `swap_input_ids`, the caption with one such word swapped (`swap_one_word`), as
+                an ITM negative, if the caption has one.
         """
         check_on_bad_record(on_bad_record)
         if task not in TASKS:
@@ -202,6 +207,7 @@ class CoarseDatasetMapper:
         self.mlm_probability = mlm_probability
         self.on_bad_record = on_bad_record
         self.answer_vocabulary = list(answer_vocabulary) if answer_vocabulary is not None else None
+        self.itm_swap_words = check_swap_groups(itm_swap_words)
         self._answer_index = {a: i for i, a in enumerate(self.answer_vocabulary or [])}
         self._special_ids = torch.tensor(sorted(tokenizer.all_special_ids), dtype=torch.long)
         logger.info(
@@ -233,6 +239,7 @@ class CoarseDatasetMapper:
             "mlm_probability": coarse.MLM_PROBABILITY,
             "answer_vocabulary": answer_vocabulary,
             "on_bad_record": cfg.DATASETS.ON_BAD_RECORD,
+            "itm_swap_words": cfg.INPUT.COARSE.ITM_SWAP_WORDS,
         }
 
     def __call__(self, dataset_dict: dict) -> dict | None:
@@ -264,6 +271,9 @@ class CoarseDatasetMapper:
             out.update(caption=caption, input_ids=self._encode(caption))
             if self.task != "caption":
                 out["mlm_input_ids"], out["mlm_labels"] = self._mask(out["input_ids"])
+            swapped = self._swapped(caption) if self.task in ("pretrain", "retrieval") else None
+            if swapped is not None:
+                out["swap_input_ids"] = self._encode(swapped)
         elif self.task != "caption":
             captions = self._captions(record, where)
             out.update(captions=captions, captions_input_ids=[self._encode(c) for c in captions])
@@ -298,6 +308,11 @@ class CoarseDatasetMapper:
             if not isinstance(caption, str) or not caption.strip():
                 raise ValueError(f"{where}: caption #{index} is not a non-empty str: {caption!r}")
         return captions
+
+    def _swapped(self, caption: str) -> str | None:
+        if not self.itm_swap_words:
+            return None
+        return swap_one_word(caption, self.itm_swap_words, random.Random(random.getrandbits(63)))
 
     def _encode(self, text: str) -> torch.Tensor:
         return encode_prompt(self.tokenizer, text, self.max_text_len)[0]

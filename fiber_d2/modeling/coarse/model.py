@@ -3,7 +3,8 @@
 Training (inputs from `CoarseDatasetMapper`, task "pretrain": `image` [3, S, S], `image_id`, `input_ids` [T],
 `mlm_input_ids` [T], `mlm_labels` [T]) returns the enabled objectives (MODEL.FIBER.COARSE.OBJECTIVES):
   loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue);
-  loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE;
+  loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE (and,
+            with INPUT.COARSE.ITM_SWAP_WORDS, (image, its caption with one word swapped) negatives);
   loss_mlm  fusion on, masked captions: CE of the masked tokens through the MLM head (on the fused text projection).
 The fused passes read the image and text tokens as FIBER's fused path does (`CoarseModelBase.fused_tokens`), the
 dual encoder as its image-only and text-only paths do.
@@ -179,7 +180,9 @@ class FiberCoarseModel(CoarseModelBase):
         image_embedding: torch.Tensor,
         text_embedding: torch.Tensor,
     ) -> torch.Tensor:
-        """CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused."""
+        """CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused; plus, for the
+        inputs with `swap_input_ids` (INPUT.COARSE.ITM_SWAP_WORDS), the negatives (image, its caption with a word
+        swapped)."""
         batch = len(batched_inputs)
         keys = [x.get("image_id", i) for i, x in enumerate(batched_inputs)]
         image_ids = torch.tensor([keys.index(k) for k in keys], device=self.device)
@@ -188,8 +191,16 @@ class FiberCoarseModel(CoarseModelBase):
         everyone = torch.arange(batch, device=self.device)
         image_index = torch.cat([everyone, everyone, negative_images])
         text_index = torch.cat([everyone, negative_texts, everyone])
+        swapped = [i for i, x in enumerate(batched_inputs) if x.get("swap_input_ids") is not None]
+        if swapped:  # the texts' lower part again, the swapped captions appended (rows B, B + 1, ...)
+            input_ids, mask = self.pad_texts(
+                [x["input_ids"] for x in batched_inputs] + [batched_inputs[i]["swap_input_ids"] for i in swapped]
+            )
+            text_lower = self.backbone.encode_text_lower(input_ids, mask)
+            image_index = torch.cat([image_index, torch.tensor(swapped, device=self.device)])
+            text_index = torch.cat([text_index, torch.arange(batch, batch + len(swapped), device=self.device)])
         logits = self._pair_logits(image_lower, text_lower, image_index, text_index)
-        labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(self.device)
+        labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch + len(swapped))]).long().to(self.device)
         return F.cross_entropy(logits.float(), labels)
 
     @torch.no_grad()
