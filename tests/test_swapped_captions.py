@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from PIL import Image
 
-from fiber_d2.config import add_fiber_config
 from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
 from fiber_d2.data.swapped_captions import check_swap_groups, swap_one_word
-from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
-from fiber_d2.model_zoo import get_config_file
+from fiber_d2.data.tokenizer import load_tokenizer
+from micro_configs import micro_coarse_cfg
 
 GROUPS = [["red", "orange", "blue"], ["circle", "square", "star"]]
 
@@ -51,25 +49,10 @@ def test_bad_groups_are_refused():
         check_swap_groups([["red", "blue"], ["red", "green"]])
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    colours, shapes = ["red", "orange", "blue", "green"], ["circle", "square", "star"]
-    texts = [f"a {c} {s} left of a {s}" for c in colours for s in shapes]
-    return str(train_roberta_bpe_tokenizer(texts * 3, tmp_path_factory.mktemp("tok"), vocab_size=300))
-
-
 def coarse_cfg(tokenizer_dir: str, groups):
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(get_config_file("backbone/FIBER-tiny.yaml"))
-    cfg.MODEL.META_ARCHITECTURE = "FiberCoarseModel"
-    cfg.MODEL.FIBER.TOKENIZER = tokenizer_dir
-    cfg.MODEL.FIBER.TEXT.VOCAB_SIZE = 300
-    cfg.MODEL.FIBER.SWIN.DROP_PATH_RATE = 0.0
-    cfg.MODEL.FIBER.TEXT.DROPOUT = 0.0
-    cfg.INPUT.COARSE.IMAGE_SIZE = 64
-    cfg.INPUT.COARSE.ITM_SWAP_WORDS = groups
-    return cfg
+    return micro_coarse_cfg(tokenizer_dir, "FiberCoarseModel", overrides={
+        "INPUT.COARSE.IMAGE_SIZE": 64, "INPUT.COARSE.ITM_SWAP_WORDS": groups,
+    })
 
 
 def test_the_training_mapper_adds_the_swapped_caption_only_when_asked(tokenizer_dir, tmp_path):

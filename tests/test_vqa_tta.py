@@ -13,12 +13,12 @@ from PIL import Image
 
 from fiber_d2.config import ConfigError, add_fiber_config
 from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
-from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
+from fiber_d2.data.tokenizer import load_tokenizer
 from fiber_d2.engine import trainer as trainer_module
 from fiber_d2.engine.trainer import Trainer
-from fiber_d2.model_zoo import get_config_file
 from fiber_d2.modeling import FiberCoarseModel, FiberVQAModel
 from fiber_d2.modeling.coarse.tta import CoarseViewsMapper, FiberVQAWithTTA, build_tta_model
+from micro_configs import micro_coarse_cfg
 
 ANSWERS = ["yes", "no", "2", "red", "blue"]
 QUESTIONS = ["is the red circle left of the star?", "what colour is the star?", "how many squares are there?"]
@@ -26,27 +26,10 @@ QUESTIONS = ["is the red circle left of the star?", "what colour is the star?", 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    colours = ["red", "blue", "green"]
-    shapes = ["circle", "square", "star"]
-    texts = [f"is the {c} {s} left of the {s}? what colour right how many are there" for c in colours for s in shapes]
-    return str(train_roberta_bpe_tokenizer(texts * 3, tmp_path_factory.mktemp("tok"), vocab_size=300))
-
-
 def vqa_cfg(tokenizer_dir: str):
-    cfg = get_cfg()
-    add_fiber_config(cfg)
-    cfg.merge_from_file(get_config_file("backbone/FIBER-tiny.yaml"))
-    cfg.MODEL.META_ARCHITECTURE = "FiberVQAModel"
-    cfg.MODEL.FIBER.TOKENIZER = tokenizer_dir
-    cfg.MODEL.FIBER.TEXT.VOCAB_SIZE = 300
-    cfg.MODEL.FIBER.SWIN.DROP_PATH_RATE = 0.0
-    cfg.MODEL.FIBER.TEXT.DROPOUT = 0.0
-    cfg.INPUT.COARSE.TEST_IMAGE_SIZE = 64
-    cfg.TEST.AUG.MIN_SIZES = (64, 96)
-    cfg.TEST.AUG.FLIP = False
-    return cfg
+    return micro_coarse_cfg(tokenizer_dir, "FiberVQAModel", overrides={
+        "INPUT.COARSE.TEST_IMAGE_SIZE": 64, "TEST.AUG.MIN_SIZES": (64, 96), "TEST.AUG.FLIP": False,
+    })
 
 
 @pytest.fixture(scope="module")
