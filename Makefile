@@ -76,14 +76,20 @@ demo-train: shapes
 # FIBER-Shapes ones) and the default FIBER-Shapes tokenizer: the Swin pretrained alone (3000 iterations, then 3250 of
 # a 12000-iteration continuation), the coarse stage (ITC, ITM, MLM), then VQA and captioning from the coarse stage's
 # 2000-iteration checkpoint at 192 px, each exported, continued from its export on a new schedule, then fine-tuned at
-# 256 px (the zoo configs' size; VQA on two schedules in a row); the coarse stage too is exported and continued (the
-# retrieval model). The last command evaluates the exported files.
+# 256 px (the zoo configs' size; VQA on two schedules in a row); the coarse stage too is exported and continued at
+# 192 px, then at 256 px with word-swap ITM negatives (the retrieval model). The last command evaluates the exports.
 ZOO_DATA := $(CURDIR)/output/datasets_10k
 ZOO_TRAIN = DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) projects/FIBER/train_net.py
 ZOO_TOKENIZER = MODEL.FIBER.TOKENIZER $(DETECTRON2_DATASETS)/fiber_shapes/tokenizer
 # The first VQA and captioning runs: 192 px, stopped early on long schedules (the zoo configs then fine-tune at 256 px).
 ZOO_VQA_FIRST = INPUT.COARSE.IMAGE_SIZE 192 SOLVER.MAX_ITER 20000 SOLVER.STOP_ITER 1250 SOLVER.WARMUP_ITERS 200
 ZOO_CAPTION_FIRST = INPUT.COARSE.IMAGE_SIZE 192 SOLVER.MAX_ITER 6000 SOLVER.STOP_ITER 2000 SOLVER.WARMUP_ITERS 200
+# The retrieval model's last continuation, at retrieval.yaml's 256 px: 2000 iterations of a new 3000-iteration
+# schedule, resumed after 1000 with ITM negatives by swapping one of these words (colours, shapes, sizes, sides, counts).
+ZOO_RETRIEVAL_256 = SOLVER.MAX_ITER 3000 SOLVER.WARMUP_ITERS 100 SOLVER.CHECKPOINT_PERIOD 250
+ZOO_SWAP_WORDS = [['red','orange','yellow','green','blue','purple','white','black'],\
+['circle','square','triangle','star','hexagon','cross'],['circles','squares','triangles','stars','hexagons','crosses'],\
+['small','large'],['left','right'],['above','below','under'],['two','three','four','five','six','seven','eight']]
 zoo: shapes
 	$(PY) projects/FIBER/train_net.py --config-file $(ZOO_CONFIGS)/grounding_stage1.yaml \
 		OUTPUT_DIR $(ZOO_DIR)/grounding_stage1
@@ -99,7 +105,7 @@ zoo: shapes
 		MODEL.WEIGHTS $(ZOO_DIR)/image_pretraining/model_final.pth SOLVER.MAX_ITER 12000 SOLVER.WARMUP_ITERS 0 \
 		SOLVER.STOP_ITER 3250
 	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval $(ZOO_TOKENIZER) \
-		MODEL.WEIGHTS $(ZOO_DIR)/image_pretraining_continued/model_final.pth
+		MODEL.WEIGHTS $(ZOO_DIR)/image_pretraining_continued/model_final.pth INPUT.COARSE.IMAGE_SIZE 192
 	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/vqa.yaml OUTPUT_DIR $(ZOO_DIR)/vqa $(ZOO_TOKENIZER) \
 		MODEL.WEIGHTS $(ZOO_DIR)/retrieval/model_0001999.pth $(ZOO_VQA_FIRST)
 	DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa/model_final.pth \
@@ -124,9 +130,16 @@ zoo: shapes
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval/model_final.pth --config fiber_shapes/zoo/retrieval.yaml \
 		--output $(ZOO_WEIGHTS)/retrieval.safetensors
 	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval_continued $(ZOO_TOKENIZER) \
-		MODEL.WEIGHTS $(ZOO_WEIGHTS)/retrieval.safetensors \
+		MODEL.WEIGHTS $(ZOO_WEIGHTS)/retrieval.safetensors INPUT.COARSE.IMAGE_SIZE 192 \
 		SOLVER.MAX_ITER 2000 SOLVER.STOP_ITER 0 SOLVER.WARMUP_ITERS 100 SOLVER.CHECKPOINT_PERIOD 250
 	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval_continued/model_final.pth \
+		--config fiber_shapes/zoo/retrieval.yaml --output $(ZOO_WEIGHTS)/retrieval.safetensors
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/retrieval.yaml OUTPUT_DIR $(ZOO_DIR)/retrieval_256 $(ZOO_TOKENIZER) \
+		MODEL.WEIGHTS $(ZOO_WEIGHTS)/retrieval.safetensors $(ZOO_RETRIEVAL_256) SOLVER.STOP_ITER 1000
+	$(ZOO_TRAIN) --config-file $(ZOO_CONFIGS)/retrieval.yaml --resume OUTPUT_DIR $(ZOO_DIR)/retrieval_256 \
+		$(ZOO_TOKENIZER) MODEL.WEIGHTS $(ZOO_WEIGHTS)/retrieval.safetensors $(ZOO_RETRIEVAL_256) SOLVER.STOP_ITER 2000 \
+		INPUT.COARSE.ITM_SWAP_WORDS "$(ZOO_SWAP_WORDS)"
+	$(PY) tools/export_zoo_model.py $(ZOO_DIR)/retrieval_256/model_final.pth \
 		--config fiber_shapes/zoo/retrieval.yaml --output $(ZOO_WEIGHTS)/retrieval.safetensors
 	DETECTRON2_DATASETS=$(ZOO_DATA) $(PY) tools/export_zoo_model.py $(ZOO_DIR)/vqa_256_continued/model_final.pth \
 		--config fiber_shapes/zoo/vqa.yaml --output $(ZOO_WEIGHTS)/vqa.safetensors --answer-vocabulary
