@@ -171,7 +171,7 @@ def test_zoo_demo_shows_answers_and_captions_next_to_the_truth(tmp_path, shapes_
     demo = _zoo_demo()
     questions = sorted(DatasetCatalog.get("fiber_shapes_vqa_val"), key=lambda r: (r["image_id"], r["question_id"]))
     first = [q for q in questions if q["image_id"] == questions[0]["image_id"]]
-    folder = tmp_path / "inference" / "fiber_shapes_vqa_val"
+    folder = tmp_path / "inference_TTA" / "fiber_shapes_vqa_val"  # vqa.yaml evaluates with test-time augmentation
     folder.mkdir(parents=True)
     (folder / "vqa_predictions.json").write_text(json.dumps(
         [{"question_id": q["question_id"], "answer": "purple"} for q in questions]))

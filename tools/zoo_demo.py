@@ -2,7 +2,8 @@
 """`make demo`: the FIBER-Shapes model zoo (MODEL_ZOO.md) evaluated on its held-out test sets, and drawn.
 
 For every model in fiber_d2/model_zoo/manifest.json: its config, its weights (sha256 checked), evaluated on the
-config's test sets by train_net.py's own Trainer.test and evaluators. One Markdown table of the headline metrics is
+config's test sets by train_net.py's own Trainer.test and evaluators (with test-time augmentation alone where the
+config enables it: TEST.AUG). One Markdown table of the headline metrics is
 printed and written to OUTPUT/results.md ({config: {dataset: {task: {metric}}}} to OUTPUT/results.json). The grounding
 detector then draws a few validation images three ways: all category names, the phrases of a caption (found
 automatically, as GLIP's demo does) and a referring expression (its best box), as OUTPUT/*.png; the image-level
@@ -137,10 +138,9 @@ def evaluate(config: str, output_dir: str) -> dict:
     cfg.freeze()
     model = Trainer.build_model(cfg)
     FiberCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    results = Trainer.test(cfg, model)
-    if cfg.TEST.AUG.ENABLED:  # test-time augmentation (the VQA model's image sizes), as train_net.py runs it
-        results.update(Trainer.test_with_TTA(cfg, model))
-    return results
+    if cfg.TEST.AUG.ENABLED:  # the model as its config evaluates it: with test-time augmentation ("<dataset>_TTA");
+        return Trainer.test_with_TTA(cfg, model)  # train_net.py --eval-only gives the single view as well
+    return Trainer.test(cfg, model)
 
 
 def evaluate_all(configs: list[str], output: str, results_file: str, threads: int) -> None:
@@ -216,7 +216,7 @@ def draw_pictures(config: str, output_dir: str, count: int) -> list[str]:
 def example_lines(config: str, output_dir: str, count: int) -> list[str]:
     """A few answers and captions of the image-level model of `config`, next to the truth, read from the predictions
     its evaluators wrote under `output_dir` (VQA: each question of the first `count` images; captioning: the first
-    `count` images' captions and their first reference)."""
+    `count` images' captions and their first reference); those of test-time augmentation where the config has it."""
     from collections import Counter
 
     from detectron2.data import DatasetCatalog
@@ -224,8 +224,9 @@ def example_lines(config: str, output_dir: str, count: int) -> list[str]:
     from fiber_d2 import model_zoo
 
     lines = []
-    for dataset in model_zoo.get_config(config).DATASETS.TEST:
-        folder = os.path.join(output_dir, "inference", dataset)
+    cfg = model_zoo.get_config(config)
+    for dataset in cfg.DATASETS.TEST:
+        folder = os.path.join(output_dir, "inference_TTA" if cfg.TEST.AUG.ENABLED else "inference", dataset)
         records = sorted(DatasetCatalog.get(dataset), key=lambda r: (r["image_id"], r.get("question_id", 0)))
         shown = sorted({r["image_id"] for r in records})[:count]
         if os.path.isfile(os.path.join(folder, "vqa_predictions.json")):
