@@ -8,7 +8,8 @@ from test_grounding_detector import image, micro_model, open_gates
 
 from fiber_d2.data.prompts import vocabulary_chunks
 from fiber_d2.data.tokenizer import load_tokenizer
-from fiber_d2.modeling.grounding.chunked_inference import TextStateCache, pad_text_states
+from fiber_d2.modeling.backbone.text_encoder import pad_text_states
+from fiber_d2.modeling.grounding.chunked_inference import TextStateCache
 
 # Chunks of 3 names: three prompts of different lengths.
 VOCABULARY = ["red circle", "blue square left of the green star", "green star", "white triangle", "the black cross",

@@ -14,6 +14,7 @@ import os
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import RobertaConfig, RobertaModel
@@ -39,6 +40,31 @@ class TextState:
         return dataclasses.replace(
             self, hidden=self.hidden[index], attention_mask=self.attention_mask[index], bias=self.bias[index]
         )
+
+
+def pad_text_states(states: Sequence[TextState]) -> TextState:
+    """Text states of prompts at the same layer, [1 or B_i, T_i, D] each -> one state [sum B_i, max T_i, D].
+
+    Padding positions get zero hidden states, attention mask 0 and the most negative bias, as the padding tokens of
+    a batch padded before the embeddings: they are masked as keys everywhere, so the real tokens' results do not
+    change. Only padding biases [B, 1, 1, T] can be padded (not the causal ones of decoding).
+    """
+    if not states:
+        raise ValueError("pad_text_states needs at least one text state")
+    layers = {state.layer for state in states}
+    if len(layers) != 1:
+        raise ValueError(f"text states of different layers {sorted(layers)} cannot be batched")
+    causal = [i for i, state in enumerate(states) if state.bias.shape[-2] != 1]
+    if causal:
+        raise ValueError(f"text states {causal} carry a causal bias; only padding biases [B, 1, 1, T] can be padded")
+    length = max(state.hidden.shape[1] for state in states)
+    hidden, mask, bias = [], [], []
+    for state in states:
+        extra = length - state.hidden.shape[1]
+        hidden.append(F.pad(state.hidden, (0, 0, 0, extra)))
+        mask.append(F.pad(state.attention_mask, (0, extra)))
+        bias.append(F.pad(state.bias, (0, extra), value=torch.finfo(state.bias.dtype).min))
+    return TextState(torch.cat(hidden), torch.cat(mask), torch.cat(bias), layers.pop())
 
 
 class RobertaTextEncoder(nn.Module):

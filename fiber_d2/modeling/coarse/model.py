@@ -26,6 +26,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ..backbone import FiberBackbone, ImageState, TextState
+from ..backbone.text_encoder import pad_text_states
 from .base import CoarseModelBase, build_coarse_heads, build_coarse_backbone
 from .heads import CoarseHeads
 from .losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
@@ -192,11 +193,9 @@ class FiberCoarseModel(CoarseModelBase):
         image_index = torch.cat([everyone, everyone, negative_images])
         text_index = torch.cat([everyone, negative_texts, everyone])
         swapped = [i for i, x in enumerate(batched_inputs) if x.get("swap_input_ids") is not None]
-        if swapped:  # the texts' lower part again, the swapped captions appended (rows B, B + 1, ...)
-            input_ids, mask = self.pad_texts(
-                [x["input_ids"] for x in batched_inputs] + [batched_inputs[i]["swap_input_ids"] for i in swapped]
-            )
-            text_lower = self.backbone.encode_text_lower(input_ids, mask)
+        if swapped:  # the swapped captions' lower part, appended to the batch's (rows B, B + 1, ...)
+            input_ids, mask = self.pad_texts([batched_inputs[i]["swap_input_ids"] for i in swapped])
+            text_lower = pad_text_states([text_lower, self.backbone.encode_text_lower(input_ids, mask)])
             image_index = torch.cat([image_index, torch.tensor(swapped, device=self.device)])
             text_index = torch.cat([text_index, torch.arange(batch, batch + len(swapped), device=self.device)])
         logits = self._pair_logits(image_lower, text_lower, image_index, text_index)

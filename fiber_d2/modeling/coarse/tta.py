@@ -59,8 +59,6 @@ class FiberVQAWithTTA(nn.Module):
 
     def __init__(self, cfg: CfgNode, model: FiberVQAModel, views_mapper: CoarseViewsMapper | None = None) -> None:
         super().__init__()
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
         if not isinstance(model, FiberVQAModel):
             raise TypeError(f"FiberVQAWithTTA wraps a FiberVQAModel, got {type(model).__name__}")
         self.model = model

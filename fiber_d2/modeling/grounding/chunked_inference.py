@@ -3,7 +3,7 @@
 The fused backbone splits into a lower part (image blocks and text layers below the fused ones, each independent of
 the other modality) and the fused upper part. For N chunks and one image, the image lower part runs once, the text
 lower part once per distinct prompt (kept in a `TextStateCache` across images), and only the upper part, the FPN and
-the head run per chunk, on batches of chunks whose text states are padded together by `pad_text_states`. Inputs of a
+the head run per chunk, on batches of chunks whose text states are padded together (`pad_text_states`). Inputs of a
 batch with the same image (several referring expressions or captions of one image) share its lower part as well:
 `group_identical_images` finds them, and `own_padding` gives the image as a batch of one would have it.
 """
@@ -13,7 +13,6 @@ from collections import OrderedDict
 from typing import Callable, Hashable, Sequence
 
 import torch
-import torch.nn.functional as F
 from detectron2.structures import ImageList
 
 from ..backbone.text_encoder import TextState
@@ -49,31 +48,6 @@ class TextStateCache:
             if len(self._states) > self.max_entries:
                 self._states.popitem(last=False)
         return state
-
-
-def pad_text_states(states: Sequence[TextState]) -> TextState:
-    """Text states of prompts at the same layer, [1 or B_i, T_i, D] each -> one state [sum B_i, max T_i, D].
-
-    Padding positions get zero hidden states, attention mask 0 and the most negative bias, as the padding tokens of
-    a batch padded before the embeddings: they are masked as keys everywhere, so the real tokens' results do not
-    change. Only padding biases [B, 1, 1, T] can be padded (not the causal ones of decoding).
-    """
-    if not states:
-        raise ValueError("pad_text_states needs at least one text state")
-    layers = {state.layer for state in states}
-    if len(layers) != 1:
-        raise ValueError(f"text states of different layers {sorted(layers)} cannot be batched")
-    causal = [i for i, state in enumerate(states) if state.bias.shape[-2] != 1]
-    if causal:
-        raise ValueError(f"text states {causal} carry a causal bias; only padding biases [B, 1, 1, T] can be padded")
-    length = max(state.hidden.shape[1] for state in states)
-    hidden, mask, bias = [], [], []
-    for state in states:
-        extra = length - state.hidden.shape[1]
-        hidden.append(F.pad(state.hidden, (0, 0, 0, extra)))
-        mask.append(F.pad(state.attention_mask, (0, extra)))
-        bias.append(F.pad(state.bias, (0, extra), value=torch.finfo(state.bias.dtype).min))
-    return TextState(torch.cat(hidden), torch.cat(mask), torch.cat(bias), layers.pop())
 
 
 def group_identical_images(images: ImageList) -> list[list[int]]:

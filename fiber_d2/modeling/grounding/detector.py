@@ -30,9 +30,9 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..backbone import FiberFPN
-from ..backbone.text_encoder import TextState
+from ..backbone.text_encoder import TextState, pad_text_states
 from .atss import ATSSMatcher
-from .chunked_inference import TextStateCache, group_identical_images, own_padding, pad_text_states
+from .chunked_inference import TextStateCache, group_identical_images, own_padding
 from .head import GroundingHead
 from .inference import merge_chunk_detections, postprocess_detections
 from .loss import grounding_losses, pad_targets
