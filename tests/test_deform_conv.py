@@ -8,11 +8,13 @@ from torchvision.ops import deform_conv2d
 
 from fiber_d2.modeling.grounding import deform_conv
 from fiber_d2.modeling.grounding.deform_conv import (
+    BilinearSampling,
     bilinear_corners,
     corner_axis_weights,
     deform_conv_sampled,
     deformed_positions,
     modulated_deform_conv,
+    sample_padded,
 )
 
 NAMES = ("x", "offset", "mask", "weight", "bias")
@@ -136,6 +138,19 @@ def test_bilinear_corners_of_one_sample():
     torch.testing.assert_close(weight[0], 0.5 * (axis_weight[0, 0, 0][:, None] * axis_weight[0, 0, 1][None]).flatten())
     # Image 1, whole pixel (1, 0): weight on its own row 6 + 3; the corners below / right (outside) get 0.
     assert index[2].tolist()[0] == 9 and weight[2].tolist() == [0.5, 0.0, 0.0, 0.0]
+
+
+def test_inference_gather_equals_the_autograd_gather_to_the_bit_at_and_beyond_the_border():
+    # A 4x5 image; positions on the border lines (-1, H, W), just inside them, whole and half pixels, far outside.
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    rows = x.permute(0, 2, 3, 1).reshape(-1, 3)
+    edges = torch.tensor([-1e6, -3.0, -1.0, -0.999, -0.5, 0.0, 0.25, 2.0, 2.5, 3.0, 3.5, 3.999, 4.0, 4.5, 5.0, 7.0, 1e6])
+    position = torch.stack(torch.meshgrid(edges, edges, indexing="ij"), dim=-1).reshape(1, -1, 2).repeat(2, 1, 1)
+    mask = torch.rand(2, position.shape[1], generator=torch.Generator().manual_seed(1))
+    expected = BilinearSampling.apply(rows, position, mask, 4, 5)
+    assert torch.equal(sample_padded(x, position, mask), expected)
+    outside = ((position < -1 + 1e-9) | (position[..., :1] >= 4) | (position[..., 1:] >= 5)).any(-1).flatten()
+    assert outside.any() and expected[outside].abs().max() == 0  # at or beyond the border lines: 0, as DCN reads
 
 
 def test_zero_offsets_and_unit_mask_are_a_plain_convolution():

@@ -16,6 +16,7 @@ from fiber_d2.config import add_fiber_config
 from fiber_d2.data import grounding_mapper
 from fiber_d2.data.build import build_grounding_test_loader, build_grounding_train_loader, load_grounding_dataset_dicts
 from fiber_d2.data.grounding_mapper import GroundingDatasetMapper
+from fiber_d2.data.image_io import ImageError
 from fiber_d2.data.positive_map import PromptError
 from fiber_d2.data.prompts import PromptChunk
 from fiber_d2.data.tokenizer import load_tokenizer, train_roberta_bpe_tokenizer
@@ -222,6 +223,29 @@ def test_inference_output_of_a_detection_record_reuses_the_chunks(data):
         mapper(bare)
     named = GroundingDatasetMapper(make_cfg(data), False, dataset_name=data["names"]["detection"])
     assert named(bare)["label_names"] == first["label_names"]
+
+
+def test_inference_reads_and_resizes_an_image_once_for_its_consecutive_records(data, monkeypatch):
+    reads = []
+    read = grounding_mapper.read_record_image
+
+    def spy(record, *args):
+        reads.append(record["file_name"])
+        return read(record, *args)
+
+    monkeypatch.setattr(grounding_mapper, "read_record_image", spy)
+    mapper = GroundingDatasetMapper(make_cfg(data), False)
+    first = records(data, "grounding")[0]
+    second = {**first, "caption": "the star", "image_id": 9,  # a second expression of image a.png
+              "annotations": [{**box(40, 20, 10, 10), "category_id": 1, "tokens_positive": [[0, 8]]}]}
+    del second["height"], second["width"]  # a record without its size gets the cached image's
+    outs = [mapper(r) for r in (first, second, records(data, "grounding")[1], first)]
+    assert reads == [first["file_name"], data["grounding"][1]["file_name"], first["file_name"]]
+    assert outs[1]["image"] is outs[0]["image"] and (outs[1]["height"], outs[1]["width"]) == (40, 60)
+    assert torch.equal(outs[3]["image"], outs[0]["image"]) and outs[1]["prompts"][0].caption == "the star"
+    # the same file said to have another size is read again, and the mismatch named
+    with pytest.raises(ImageError, match="the record says 41x60"):
+        mapper({**first, "height": 41})
 
 
 def test_load_grounding_dataset_dicts_tags_records(data):

@@ -28,7 +28,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from .datasets.errors import check_on_bad_record
-from .image_io import describe_record, read_record_image_or_skip
+from .image_io import describe_record, read_record_image, read_record_image_or_skip
 from .phrases import grounding_phrases, phrase_annotation_indices
 from .positive_map import PromptError, char_spans_to_token_map, encode_prompt, encode_prompt_with_cut
 from .prompts import PromptChunk, caption_chunk, clean_category_name, training_detection_prompt, vocabulary_chunks
@@ -137,6 +137,8 @@ class GroundingDatasetMapper:
         self.on_bad_record = on_bad_record
         self._names: dict[str, list[str]] = {}
         self._chunks: dict[str, list[PromptChunk]] = {}
+        # inference: the last image read, (file, (height, width), resized [C, H, W] tensor); see `_test_image`
+        self._last_image: tuple[str, tuple[int, int], torch.Tensor] | None = None
         logger.info("[GroundingDatasetMapper] %s: %s, horizontal flip %s", "training" if is_train else "inference",
                     resize, horizontal_flip)
 
@@ -195,6 +197,8 @@ class GroundingDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict | None:
         record = dict(dataset_dict)  # read_record_image may add width/height; nothing nested is modified
         where = self._where(record)
+        if not self.is_train and not self.horizontal_flip:
+            return self._inference_inputs(record, self._test_image(record, where), where)
         skip = self.is_train and self.on_bad_record == "skip"
         image = read_record_image_or_skip(record, self.image_format, where, skip)
         if image is None:
@@ -211,21 +215,16 @@ class GroundingDatasetMapper:
             transforms.append(T.HFlipTransform(image.shape[1]))
             image = transforms[-1].apply_image(image)
 
+        image_tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if not self.is_train:
+            return self._inference_inputs(record, image_tensor, where)
         out = {
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": image_tensor,
             "height": record["height"],
             "width": record["width"],
             "image_id": record.get("image_id"),
             "file_name": record["file_name"],
         }
-        if not self.is_train:
-            if is_grounding:
-                chunk = self._grounding_chunk(record, where)
-                out.update(prompts=[chunk], label_names=list(chunk.label_names))
-            else:
-                dataset = self._dataset_of(record, where)
-                out.update(prompts=self.vocabulary(dataset), label_names=self.category_names(dataset))
-            return out
 
         annotations = [(i, a) for i, a in enumerate(record.get("annotations", [])) if a.get("iscrowd", 0) == 0]
         if is_grounding:
@@ -255,6 +254,37 @@ class GroundingDatasetMapper:
         boxes = transform.apply_box(boxes).clip(min=0)
         boxes = np.minimum(boxes, [image_size[1], image_size[0], image_size[1], image_size[0]])
         return torch.as_tensor(boxes, dtype=torch.float32)
+
+    def _test_image(self, record: dict, where: str) -> torch.Tensor:
+        """Inference without flips: the record's image read and resized, [C, H, W] uint8 (the record gets `height`
+        and `width`). The last one is kept, so the consecutive records of one image (its referring expressions or
+        captions) read and resize it once."""
+        name, size = record["file_name"], (record.get("height"), record.get("width"))
+        last = self._last_image
+        if last is None or last[0] != name or any(s not in (None, c) for s, c in zip(size, last[1])):
+            image = read_record_image(record, self.image_format, where)  # sets (and checks) height and width
+            image = self.resize.get_transform(image).apply_image(image)
+            tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            self._last_image = last = (name, (record["height"], record["width"]), tensor)
+        record["height"], record["width"] = last[1]
+        return last[2]
+
+    def _inference_inputs(self, record: dict, image: torch.Tensor, where: str) -> dict:
+        """The model's inputs at inference: the image [C, H, W], the original size and the prompt chunks."""
+        out = {
+            "image": image,
+            "height": record["height"],
+            "width": record["width"],
+            "image_id": record.get("image_id"),
+            "file_name": record["file_name"],
+        }
+        if "caption" in record:
+            chunk = self._grounding_chunk(record, where)
+            out.update(prompts=[chunk], label_names=list(chunk.label_names))
+        else:
+            dataset = self._dataset_of(record, where)
+            out.update(prompts=self.vocabulary(dataset), label_names=self.category_names(dataset))
+        return out
 
     def _where(self, record: dict) -> str:
         return describe_record(record, self.dataset_name)

@@ -11,7 +11,9 @@ DyHead most of a training step on 2 cores. On CPU, `deform_conv_sampled` splits 
   [B, C, k*Ho, k*Wo] in which output (i, j) reads the k x k block at (k*i, k*j), and the contraction is a k x k
   convolution with stride k. oneDNN's convolution is about 1.25x faster than the matrix multiply there, but its
   weight gradient at stride k is about 4x slower, which is why training uses the matrix multiply.
-The gather's backward is written out (`BilinearSampling.backward`): the input gradient is the transposed gather (the
+Inference (`sample_padded`) gathers from the input with a zero border instead: sample positions are clamped to the
+border, where every corner reads 0 as in the DCN kernels, so no corner needs a validity test (about 10% less time on
+the DCN, the same values to the bit). The gather's backward is written out (`BilinearSampling.backward`): the input gradient is the transposed gather (the
 samples grouped by the input row they read, by a stable int32 sort, then one `embedding_bag` over the column
 gradients), and the sample weights' gradient gives the offsets' and the mask's through the bilinear formula, which at
 a whole-pixel position is the one-sided derivative of the DCN kernels (corners floor(p) and floor(p) + 1). On 2 CPU
@@ -63,6 +65,27 @@ def corner_axis_weights(position: torch.Tensor, height: int, width: int) -> tupl
     axes = [_axis_weights(c, f, size) for c, f, size in zip(low.long().unbind(-1), fraction.unbind(-1), (height, width))]
     axis_weight = torch.stack([weights for weights, _ in axes], dim=-2)
     return axis_weight, torch.stack([valid for _, valid in axes], dim=-2).to(position.dtype)
+
+
+def sample_padded(x: torch.Tensor, position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The gather of `BilinearSampling` without autograd: x [B, C, H, W], position [B, S, 2] (y, x), mask [B, S] ->
+    columns [B*S, C]. The input gets a zero border (1 pixel before, 2 after each axis) and positions are clamped to
+    [-1, H] x [-1, W]: a sample at or beyond -1 or H (W) then blends border pixels only, i.e. 0, the DCN kernels'
+    rule, and the 4 corners of every sample are in the padded image."""
+    batch, channels, height, width = x.shape
+    padded_width = width + 3
+    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2)).reshape(-1, channels)  # [B*(H+3)*(W+3), C]
+    position = torch.minimum(position.clamp_min(-1), position.new_tensor([height, width]))
+    low = position.floor()
+    fraction_y, fraction_x = (position - low).unbind(-1)
+    low = low.long()
+    image_start = torch.arange(batch, device=x.device).view(batch, 1) * ((height + 3) * padded_width)
+    first = (low[..., 0] + 1) * padded_width + low[..., 1] + 1 + image_start  # [B, S]: the (y0, x0) corner's row
+    index = first[..., None] + torch.tensor([0, 1, padded_width, padded_width + 1], device=x.device)
+    weight_y = torch.stack([1 - fraction_y, fraction_y], dim=-1) * mask[..., None]
+    weight_x = torch.stack([1 - fraction_x, fraction_x], dim=-1)
+    weight = weight_y[..., :, None] * weight_x[..., None, :]  # [B, S, 2 (y corner), 2 (x corner)]
+    return F.embedding_bag(index.view(-1, 4), rows, per_sample_weights=weight.view(-1, 4).to(rows.dtype), mode="sum")
 
 
 class BilinearSampling(torch.autograd.Function):
@@ -148,14 +171,14 @@ def deform_conv_sampled(
     )
     position = deformed_positions(offset, (kernel_h, kernel_w), stride, padding)  # [B, Ho, Wo, taps, 2]
     mask = mask.reshape(batch, kernel_h * kernel_w, out_h, out_w).permute(0, 2, 3, 1).to(position.dtype)
-    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, channels)
     if not with_autograd:  # column image order (b, i, tap_y, j, tap_x)
         position = position.reshape(batch, out_h, out_w, kernel_h, kernel_w, 2).transpose(2, 3)
         mask = mask.reshape(batch, out_h, out_w, kernel_h, kernel_w).transpose(2, 3)
-        columns = BilinearSampling.apply(rows, position.reshape(batch, -1, 2), mask.reshape(batch, -1), height, width)
+        columns = sample_padded(x, position.reshape(batch, -1, 2), mask.reshape(batch, -1))
         image = columns.view(batch, out_h * kernel_h, out_w * kernel_w, channels).permute(0, 3, 1, 2)
         return F.conv2d(image, weight, bias, stride=(kernel_h, kernel_w)).contiguous()
     # Matrix order (b, i, j, tap_y, tap_x): one row of k*k*C columns per output position.
+    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, channels)
     columns = BilinearSampling.apply(rows, position.reshape(batch, -1, 2), mask.reshape(batch, -1), height, width)
     matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, -1).t()  # [(tap_y, tap_x, c), C']
     columns = columns.view(batch * out_h * out_w, -1)
