@@ -101,11 +101,11 @@ class Trainer(DefaultTrainer):
     def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> dict:
         """The test sets again through the model's test-time augmentation (TEST.AUG; `build_tta_model`), as
         Detectron2's own train_net.py does: results under "<dataset>_TTA", evaluator files under OUTPUT_DIR/
-        inference_TTA."""
+        inference_TTA. Retrieval's ITM re-ranking scores with `model` itself."""
         logger.info("Running inference with test-time augmentation ...")
         tta = build_tta_model(cfg, model)
         evaluators = [
-            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name), model=model)
             for name in cfg.DATASETS.TEST
         ]
         return cls.test(cfg, tta, evaluators, suffix="_TTA")

@@ -90,10 +90,17 @@ class FiberCoarseModel(CoarseModelBase):
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dual encoder: ITC embeddings of images [B_i, D] and texts [B_t, D] (any two batch sizes)."""
+        return self.image_embeddings(images), self.text_embeddings(input_ids, attention_mask)
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Dual encoder, image side: normalised images [B, 3, S, S] -> ITC embeddings [B, D]."""
         features = self.backbone.finish_image_unfused(self.backbone.encode_image_lower(images))
+        return self.heads.itc_image_embedding(self.unfused_image_tokens(features))
+
+    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Dual encoder, text side: input_ids / attention_mask [B, T] -> ITC embeddings [B, D]."""
         text = self.backbone.finish_text_unfused(self.backbone.encode_text_lower(input_ids, attention_mask))
-        image_tokens = self.unfused_image_tokens(features)
-        return self.heads.itc_image_embedding(image_tokens), self.heads.itc_text_embedding(text, attention_mask)
+        return self.heads.itc_text_embedding(text, attention_mask)
 
     def match_logits(
         self,
@@ -203,17 +210,20 @@ class FiberCoarseModel(CoarseModelBase):
         return F.cross_entropy(logits.float(), labels)
 
     @torch.no_grad()
-    def inference(self, batched_inputs: Sequence[dict]) -> list[dict[str, torch.Tensor]]:
-        """Per image: {"image_embedding": [D], "text_embeddings": [n, D]} of its `captions_input_ids`."""
+    def inference(
+        self, batched_inputs: Sequence[dict], image_embedding: torch.Tensor | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per image: {"image_embedding": [D], "text_embeddings": [n, D]} of its `captions_input_ids`.
+        `image_embedding` [B, D]: the images' embeddings when already computed (test-time augmentation)."""
         missing = [i for i, x in enumerate(batched_inputs) if not x.get("captions_input_ids")]
         if missing:
             raise ValueError(
                 f"retrieval inputs {missing} have no 'captions_input_ids' (CoarseDatasetMapper, is_train=False)"
             )
-        images = self.preprocess_images(batched_inputs)
+        if image_embedding is None:
+            image_embedding = self.image_embeddings(self.preprocess_images(batched_inputs))
         captions = [ids for x in batched_inputs for ids in x["captions_input_ids"]]
-        input_ids, mask = self.pad_texts(captions)
-        image_embedding, text_embedding = self.encode_unfused(images, input_ids, mask)
+        text_embedding = self.text_embeddings(*self.pad_texts(captions))
         results, start = [], 0
         for i, x in enumerate(batched_inputs):
             count = len(x["captions_input_ids"])

@@ -1,5 +1,6 @@
-"""VQA test-time augmentation (TEST.AUG; fiber_d2/modeling/coarse/tta.py): the views, the averaged answer, the
-Trainer's "_TTA" results, and a clear error for models without TTA."""
+"""Test-time augmentation of the coarse models (TEST.AUG; fiber_d2/modeling/coarse/tta.py): VQA's views and averaged
+answer, retrieval's averaged image embeddings, the Trainer's "_TTA" results, and a clear error for models without
+TTA."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
 from fiber_d2.data.tokenizer import load_tokenizer
 from fiber_d2.engine import trainer as trainer_module
 from fiber_d2.engine.trainer import Trainer
-from fiber_d2.modeling import FiberCoarseModel, FiberVQAModel
-from fiber_d2.modeling.coarse.tta import CoarseViewsMapper, FiberVQAWithTTA, build_tta_model
+from fiber_d2.modeling import FiberCaptionModel, FiberCoarseModel, FiberVQAModel
+from fiber_d2.modeling.coarse.tta import CoarseViewsMapper, FiberRetrievalWithTTA, FiberVQAWithTTA, build_tta_model
 from micro_configs import micro_coarse_cfg
 
 ANSWERS = ["yes", "no", "2", "red", "blue"]
@@ -111,9 +112,41 @@ def test_tta_refuses_training_mode_bad_sizes_and_models_without_tta(tokenizer_di
     cfg.TEST.AUG.MIN_SIZES = (64, 0)
     with pytest.raises(ConfigError, match="TEST.AUG.MIN_SIZES"):
         build_tta_model(cfg, model)
-    cfg.MODEL.META_ARCHITECTURE = "FiberCoarseModel"
-    with pytest.raises(ConfigError, match="FiberVQAModel, not FiberCoarseModel"):
-        build_tta_model(cfg, FiberCoarseModel(cfg))
+    cfg.MODEL.META_ARCHITECTURE = "FiberCaptionModel"
+    with pytest.raises(ConfigError, match=r"FiberCoarseModel \(retrieval\), not FiberCaptionModel"):
+        build_tta_model(cfg, FiberCaptionModel(cfg))
+
+
+def retrieval_inputs(cfg, records, size):
+    """The retrieval test loader's inputs of `records` (two captions each) at image side `size`."""
+    mapper = CoarseDatasetMapper(**dict(CoarseDatasetMapper.from_config(cfg, False, task="retrieval"), image_size=size))
+    return [mapper(dict(r, captions=[r["question"], "a star ."])) for r in records[1:]]
+
+
+def test_retrieval_tta_averages_the_image_embeddings_of_its_sizes(tokenizer_dir, records):
+    torch.manual_seed(0)
+    cfg = micro_coarse_cfg(tokenizer_dir, "FiberCoarseModel", overrides={
+        "INPUT.COARSE.TEST_IMAGE_SIZE": 64, "TEST.AUG.MIN_SIZES": (64, 96), "TEST.AUG.FLIP": False,
+    })
+    model = FiberCoarseModel(cfg).eval()
+    tta = build_tta_model(cfg, model)
+    assert isinstance(tta, FiberRetrievalWithTTA)
+    inputs = retrieval_inputs(cfg, records, 64)
+    outputs = tta(inputs)
+    with torch.no_grad():
+        small, large = model(inputs), model(retrieval_inputs(cfg, records, 96))
+    for output, a, b in zip(outputs, small, large):
+        assert not torch.allclose(a["image_embedding"], b["image_embedding"], atol=1e-4)
+        expected = torch.nn.functional.normalize(a["image_embedding"] + b["image_embedding"], dim=-1)
+        torch.testing.assert_close(output["image_embedding"], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(output["text_embeddings"], a["text_embeddings"], atol=1e-6, rtol=0)
+        assert output["text_embeddings"].shape[0] == 2
+    cfg.TEST.AUG.MIN_SIZES = (64,)  # one size: the plain model
+    for output, plain in zip(FiberRetrievalWithTTA(cfg, model)(inputs), small):
+        torch.testing.assert_close(output["image_embedding"], plain["image_embedding"], atol=1e-6, rtol=0)
+    cfg.TEST.AUG.FLIP = True
+    with pytest.raises(ConfigError, match="no flips"):
+        build_tta_model(cfg, model)
 
 
 class ConstantEvaluator(DatasetEvaluator):
