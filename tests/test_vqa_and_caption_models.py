@@ -323,6 +323,7 @@ def test_beam_search_of_width_one_is_greedy_and_wider_beams_score_at_least_as_we
             assert [c.score for c in beam_one] == pytest.approx([c.score for c in greedy], abs=1e-5)
             for i, (beam, best_first) in enumerate(zip(beam_three, greedy)):
                 one_image = [tokens[i : i + 1] for tokens in image_tokens]
+                assert model.beam_search(one_image, 3)[0].tokens == beam.tokens  # the batch's beams are per image
                 assert beam.score == pytest.approx(teacher_forced_score(model, one_image, beam.tokens), abs=1e-4)
                 greedy_score = teacher_forced_score(model, one_image, best_first.tokens)
                 assert best_first.score == pytest.approx(greedy_score, abs=1e-4)

@@ -188,27 +188,33 @@ class FiberCaptionModel(CoarseModelBase):
         ]
 
     def beam_search(self, image_tokens: Sequence[torch.Tensor], beam_size: int) -> list[Caption]:
-        """Beam search (module docstring) for each image of `encode_images`' batch, one image at a time."""
-        return [
-            self._beam_search_one([t[i : i + 1] for t in image_tokens], beam_size) for i in range(len(image_tokens[0]))
-        ]
-
-    def _beam_search_one(self, image_tokens: Sequence[torch.Tensor], beam_size: int) -> Caption:
-        live = self.start_ids[None]
-        live_total = torch.zeros(1, device=self.device)
-        finished: list[Caption] = []
+        """Beam search (module docstring) for each image of `encode_images`' batch. The images keep their own beams;
+        each step runs the decoder once on the live hypotheses of every image."""
+        batch = len(image_tokens[0])
+        live = [self.start_ids[None] for _ in range(batch)]  # per image: its live hypotheses [k_i, L]
+        live_total = [torch.zeros(1, device=self.device) for _ in range(batch)]
+        finished: list[list[Caption]] = [[] for _ in range(batch)]
         for step in range(1, self.max_length + 1):
-            log_probs = self.next_token_log_probs(image_tokens, live)  # [live, V]
-            totals, index = (live_total[:, None] + log_probs).flatten().topk(beam_size - len(finished))
-            beams, tokens = index // log_probs.shape[1], index % log_probs.shape[1]
-            candidates = torch.cat([live[beams], tokens[:, None]], dim=1)
-            ended = tokens == self.eos_token_id
-            finished += [Caption(ids[1:].tolist(), t.item() / step) for ids, t in zip(candidates[ended], totals[ended])]
-            live, live_total = candidates[~ended], totals[~ended]
-            if not len(live):
+            running = [i for i in range(batch) if len(live[i])]
+            if not running:
                 break
-        finished += [Caption(ids[1:].tolist(), t.item() / self.max_length) for ids, t in zip(live, live_total)]
-        return max(finished, key=lambda caption: caption.score)
+            owner = torch.cat([torch.full((len(live[i]),), i, device=self.device) for i in running])
+            log_probs = self.next_token_log_probs([t[owner] for t in image_tokens], torch.cat([live[i] for i in running]))
+            start = 0
+            for i in running:
+                rows = log_probs[start : start + len(live[i])]  # [k_i, V]
+                start += len(live[i])
+                totals, index = (live_total[i][:, None] + rows).flatten().topk(beam_size - len(finished[i]))
+                beams, tokens = index // rows.shape[1], index % rows.shape[1]
+                candidates = torch.cat([live[i][beams], tokens[:, None]], dim=1)
+                ended = tokens == self.eos_token_id
+                finished[i] += [Caption(ids[1:].tolist(), t.item() / step) for ids, t in zip(candidates[ended], totals[ended])]
+                live[i], live_total[i] = candidates[~ended], totals[~ended]
+        captions = []
+        for i in range(batch):
+            finished[i] += [Caption(ids[1:].tolist(), t.item() / self.max_length) for ids, t in zip(live[i], live_total[i])]
+            captions.append(max(finished[i], key=lambda caption: caption.score))
+        return captions
 
     def generate(self, images: torch.Tensor, beam_size: int | None = None) -> list[Caption]:
         """Normalised images [B, 3, S, S] -> a caption each, by beam search (`beam_size`, default the model's; 1 =
