@@ -144,7 +144,9 @@ def test_inference_gather_equals_the_autograd_gather_to_the_bit_at_and_beyond_th
     # A 4x5 image; positions on the border lines (-1, H, W), just inside them, whole and half pixels, far outside.
     x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
     rows = x.permute(0, 2, 3, 1).reshape(-1, 3)
-    edges = torch.tensor([-1e6, -3.0, -1.0, -0.999, -0.5, 0.0, 0.25, 2.0, 2.5, 3.0, 3.5, 3.999, 4.0, 4.5, 5.0, 7.0, 1e6])
+    edges = torch.tensor(
+        [-1e6, -3.0, -1.0, -0.999, -0.5, 0.0, 0.25, 2.0, 2.5, 3.0, 3.5, 3.999, 4.0, 4.5, 5.0, 7.0, 1e6]
+    )
     position = torch.stack(torch.meshgrid(edges, edges, indexing="ij"), dim=-1).reshape(1, -1, 2).repeat(2, 1, 1)
     mask = torch.rand(2, position.shape[1], generator=torch.Generator().manual_seed(1))
     expected = BilinearSampling.apply(rows, position, mask, 4, 5)

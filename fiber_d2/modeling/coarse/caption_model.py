@@ -198,21 +198,24 @@ class FiberCaptionModel(CoarseModelBase):
             running = [i for i in range(batch) if len(live[i])]
             if not running:
                 break
-            owner = torch.cat([torch.full((len(live[i]),), i, device=self.device) for i in running])
-            log_probs = self.next_token_log_probs([t[owner] for t in image_tokens], torch.cat([live[i] for i in running]))
-            start = 0
-            for i in running:
-                rows = log_probs[start : start + len(live[i])]  # [k_i, V]
-                start += len(live[i])
+            counts = [len(live[i]) for i in running]
+            owner = torch.tensor([i for i, count in zip(running, counts) for _ in range(count)], device=self.device)
+            prefixes = torch.cat([live[i] for i in running])
+            log_probs = self.next_token_log_probs([t[owner] for t in image_tokens], prefixes)
+            for i, rows in zip(running, log_probs.split(counts)):  # rows [k_i, V]: image i's live hypotheses
                 totals, index = (live_total[i][:, None] + rows).flatten().topk(beam_size - len(finished[i]))
                 beams, tokens = index // rows.shape[1], index % rows.shape[1]
                 candidates = torch.cat([live[i][beams], tokens[:, None]], dim=1)
                 ended = tokens == self.eos_token_id
-                finished[i] += [Caption(ids[1:].tolist(), t.item() / step) for ids, t in zip(candidates[ended], totals[ended])]
+                finished[i] += [
+                    Caption(ids[1:].tolist(), t.item() / step) for ids, t in zip(candidates[ended], totals[ended])
+                ]
                 live[i], live_total[i] = candidates[~ended], totals[~ended]
         captions = []
         for i in range(batch):
-            finished[i] += [Caption(ids[1:].tolist(), t.item() / self.max_length) for ids, t in zip(live[i], live_total[i])]
+            finished[i] += [
+                Caption(ids[1:].tolist(), t.item() / self.max_length) for ids, t in zip(live[i], live_total[i])
+            ]
             captions.append(max(finished[i], key=lambda caption: caption.score))
         return captions
 

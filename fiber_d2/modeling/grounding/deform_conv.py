@@ -12,8 +12,9 @@ DyHead most of a training step on 2 cores. On CPU, `deform_conv_sampled` splits 
   convolution with stride k. oneDNN's convolution is about 1.25x faster than the matrix multiply there, but its
   weight gradient at stride k is about 4x slower, which is why training uses the matrix multiply.
 Inference (`sample_padded`) gathers from the input with a zero border instead: sample positions are clamped to the
-border, where every corner reads 0 as in the DCN kernels, so no corner needs a validity test (about 10% less time on
-the DCN, the same values to the bit). The gather's backward is written out (`BilinearSampling.backward`): the input gradient is the transposed gather (the
+border, where every corner reads 0 as in the DCN kernels, so no corner needs a validity test (the same values to the
+bit; about 7% less model time for the zoo detector on referring expressions, docs/EXPERIMENTS.md).
+The gather's backward is written out (`BilinearSampling.backward`): the input gradient is the transposed gather (the
 samples grouped by the input row they read, by a stable int32 sort, then one `embedding_bag` over the column
 gradients), and the sample weights' gradient gives the offsets' and the mask's through the bilinear formula, which at
 a whole-pixel position is the one-sided derivative of the DCN kernels (corners floor(p) and floor(p) + 1). On 2 CPU
