@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import defaults as d2_defaults
@@ -23,7 +24,10 @@ def _gather_and_average(out_path):
     ddp = d2_defaults.create_ddp_model(model, broadcast_buffers=False)
     x = torch.full((1, 2), float(rank + 1))  # rank 0 sees [1, 1], rank 1 sees [2, 2]
     ddp(x).sum().backward()
+    loader = torch.utils.data.DataLoader(range(4), batch_size=2, num_workers=1)  # a worker started by this rank
     result = {
+        "start_method": mp.get_start_method(),
+        "loaded": [batch.tolist() for batch in loader],
         "rank": rank,
         "world": comm.get_world_size(),
         "local_rank": comm.get_local_rank(),
@@ -48,6 +52,8 @@ def test_launch_two_cpu_processes_gathers_and_averages_gradients(tmp_path):
         assert res["ddp"] == "DistributedDataParallel"
         # d(sum(w.x))/dw = x, averaged over the two ranks: (1 + 2) / 2
         assert res["grad"] == [[1.5, 1.5]]
+        # The ranks are spawned, but start their own workers as this process would (not spawned: a re-import each)
+        assert res["start_method"] == mp.get_start_method() and res["loaded"] == [[0, 1], [2, 3]]
 
 
 def test_launch_single_process_runs_in_this_process(tmp_path):
