@@ -12,8 +12,10 @@ from fiber_d2.modeling.grounding.deform_conv import (
     bilinear_corners,
     corner_axis_weights,
     deform_conv_sampled,
+    column_positions,
     deformed_positions,
     modulated_deform_conv,
+    pad_rows,
     sample_padded,
 )
 
@@ -150,7 +152,7 @@ def test_inference_gather_equals_the_autograd_gather_to_the_bit_at_and_beyond_th
     position = torch.stack(torch.meshgrid(edges, edges, indexing="ij"), dim=-1).reshape(1, -1, 2).repeat(2, 1, 1)
     mask = torch.rand(2, position.shape[1], generator=torch.Generator().manual_seed(1))
     expected = BilinearSampling.apply(rows, position, mask, 4, 5)
-    assert torch.equal(sample_padded(x, position, mask), expected)
+    assert torch.equal(sample_padded(pad_rows(x), (4, 5), position[..., 0], position[..., 1], mask), expected)
     outside = ((position < -1 + 1e-9) | (position[..., :1] >= 4) | (position[..., 1:] >= 5)).any(-1).flatten()
     assert outside.any() and expected[outside].abs().max() == 0  # at or beyond the border lines: 0, as DCN reads
 
@@ -179,3 +181,15 @@ def test_bfloat16_offsets_are_placed_at_float32_positions():
     offset[0, 1, 0, 150] = 0.25
     position = deformed_positions(offset, (1, 1), stride=1, padding=0)
     assert position.dtype == torch.float32 and position[0, 0, 150, 0].tolist() == [0.0, 150.25]
+    y, x = column_positions(offset, (1, 1), stride=1, padding=0)  # the inference path's layout
+    assert x.dtype == torch.float32 and (y[0, 0, 0, 150, 0].item(), x[0, 0, 0, 150, 0].item()) == (0.0, 150.25)
+
+
+def test_column_positions_are_the_deformed_positions_in_column_image_order():
+    # [B, Ho, Wo, taps, 2] -> (b, i, tap_y, j, tap_x), for a 3x3 kernel at stride 2, an offset view as the DyHead's
+    offset_mask = torch.randn(2, 27, 4, 3, generator=torch.Generator().manual_seed(5))
+    offset = offset_mask[:, :18]
+    position = deformed_positions(offset, (3, 3), stride=2, padding=1).view(2, 4, 3, 3, 3, 2).transpose(2, 3)
+    y, x = column_positions(offset, (3, 3), stride=2, padding=1)
+    assert y.is_contiguous() and x.is_contiguous()
+    assert torch.equal(y, position[..., 0]) and torch.equal(x, position[..., 1])

@@ -68,24 +68,35 @@ def corner_axis_weights(position: torch.Tensor, height: int, width: int) -> tupl
     return axis_weight, torch.stack([valid for _, valid in axes], dim=-2).to(position.dtype)
 
 
-def sample_padded(x: torch.Tensor, position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The gather of `BilinearSampling` without autograd: x [B, C, H, W], position [B, S, 2] (y, x), mask [B, S] ->
-    columns [B*S, C]. The input gets a zero border (1 pixel before, 2 after each axis) and positions are clamped to
-    [-1, H] x [-1, W]: a sample at or beyond -1 or H (W) then blends border pixels only, i.e. 0, the DCN kernels'
-    rule, and the 4 corners of every sample are in the padded image."""
-    batch, channels, height, width = x.shape
+def pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] -> its rows channels last with a zero border, 1 pixel before and 2 after each axis:
+    [B*(H+3)*(W+3), C] (the input of `sample_padded`)."""
+    return F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2)).reshape(-1, x.shape[1])
+
+
+def sample_padded(
+    rows: torch.Tensor, size: tuple[int, int], y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The gather of `BilinearSampling` without autograd, from `pad_rows` of a batch of H x W images (size (H, W)):
+    y, x, mask, each [B, ...] (sample positions in pixels of image b, the mask) -> columns [B*..., C] in their order.
+    Positions are clamped to [-1, H] x [-1, W]: a sample at or beyond -1 or H (W) then blends border pixels only,
+    i.e. 0, the DCN kernels' rule, and the 4 corners of every sample are in the padded image. Each step runs on
+    whole [B, ...] tensors (not on small (y, x) or corner axes, which PyTorch's elementwise loops do not vectorise)."""
+    height, width = size
+    batch = y.shape[0]
     padded_width = width + 3
-    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2)).reshape(-1, channels)  # [B*(H+3)*(W+3), C]
-    position = torch.minimum(position.clamp_min(-1), position.new_tensor([height, width]))
-    low = position.floor()
-    fraction_y, fraction_x = (position - low).unbind(-1)
-    low = low.long()
-    image_start = torch.arange(batch, device=x.device).view(batch, 1) * ((height + 3) * padded_width)
-    first = (low[..., 0] + 1) * padded_width + low[..., 1] + 1 + image_start  # [B, S]: the (y0, x0) corner's row
-    index = first[..., None] + torch.tensor([0, 1, padded_width, padded_width + 1], device=x.device)
-    weight_y = torch.stack([1 - fraction_y, fraction_y], dim=-1) * mask[..., None]
-    weight_x = torch.stack([1 - fraction_x, fraction_x], dim=-1)
-    weight = weight_y[..., :, None] * weight_x[..., None, :]  # [B, S, 2 (y corner), 2 (x corner)]
+    y, x = y.clamp(-1, height), x.clamp(-1, width)
+    low_y, low_x = y.floor(), x.floor()
+    fraction_y, fraction_x = y.sub_(low_y), x.sub_(low_x)
+    # The (y0, x0) corner's row, computed in floating point: exact while the rows fit the mantissa.
+    exact = torch.float64 if rows.shape[0] >= 2**24 else low_y.dtype
+    start = torch.arange(batch, device=y.device, dtype=exact) * ((height + 3) * padded_width) + padded_width + 1
+    start = start.view((batch,) + (1,) * (y.dim() - 1))
+    first = (low_y.to(exact) * padded_width).add_(start).add_(low_x).long()
+    index = torch.stack([first, first + 1, first + padded_width, first + (padded_width + 1)], dim=-1)
+    top, bottom = (1 - fraction_y).mul_(mask), fraction_y * mask  # the mask goes with the y weights
+    left, right = 1 - fraction_x, fraction_x
+    weight = torch.stack([top * left, top * right, bottom * left, bottom * right], dim=-1)
     return F.embedding_bag(index.view(-1, 4), rows, per_sample_weights=weight.view(-1, 4).to(rows.dtype), mode="sum")
 
 
@@ -152,6 +163,26 @@ def deformed_positions(offset: torch.Tensor, kernel: tuple[int, int], stride: in
     return offset + undeformed.to(dtype)
 
 
+def column_positions(
+    offset: torch.Tensor, kernel: tuple[int, int], stride: int, padding: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`deformed_positions` as two tensors y, x, each [B, Ho, k_h, Wo, k_w] (the column image's order), contiguous."""
+    batch, _, out_h, out_w = offset.shape
+    kernel_h, kernel_w = kernel
+    device = offset.device
+    dtype = torch.promote_types(offset.dtype, torch.float32)
+    offset = offset.view(batch, kernel_h, kernel_w, 2, out_h, out_w).permute(3, 0, 4, 1, 5, 2).to(dtype)
+    rows = torch.arange(out_h, device=device) * stride - padding
+    columns = torch.arange(out_w, device=device) * stride - padding
+    grid_y = (rows.view(out_h, 1, 1, 1) + torch.arange(kernel_h, device=device).view(kernel_h, 1, 1)).to(dtype)
+    grid_x = (columns.view(out_w, 1) + torch.arange(kernel_w, device=device)).to(dtype)
+    shape = (batch, out_h, kernel_h, out_w, kernel_w)
+    # out= keeps the result in this order (the offsets' own strides would otherwise decide it)
+    y = torch.add(offset[0], grid_y, out=offset.new_empty(shape))
+    x = torch.add(offset[1], grid_x, out=offset.new_empty(shape))
+    return y, x
+
+
 def deform_conv_sampled(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -170,14 +201,14 @@ def deform_conv_sampled(
     with_autograd = torch.is_grad_enabled() and any(
         tensor is not None and tensor.requires_grad for tensor in (x, offset, mask, weight, bias)
     )
-    position = deformed_positions(offset, (kernel_h, kernel_w), stride, padding)  # [B, Ho, Wo, taps, 2]
-    mask = mask.reshape(batch, kernel_h * kernel_w, out_h, out_w).permute(0, 2, 3, 1).to(position.dtype)
     if not with_autograd:  # column image order (b, i, tap_y, j, tap_x)
-        position = position.reshape(batch, out_h, out_w, kernel_h, kernel_w, 2).transpose(2, 3)
-        mask = mask.reshape(batch, out_h, out_w, kernel_h, kernel_w).transpose(2, 3)
-        columns = sample_padded(x, position.reshape(batch, -1, 2), mask.reshape(batch, -1))
+        y, x_ = column_positions(offset, (kernel_h, kernel_w), stride, padding)
+        mask = mask.reshape(batch, kernel_h, kernel_w, out_h, out_w).permute(0, 3, 1, 4, 2).to(y.dtype)
+        columns = sample_padded(pad_rows(x), (height, width), y, x_, mask)
         image = columns.view(batch, out_h * kernel_h, out_w * kernel_w, channels).permute(0, 3, 1, 2)
         return F.conv2d(image, weight, bias, stride=(kernel_h, kernel_w)).contiguous()
+    position = deformed_positions(offset, (kernel_h, kernel_w), stride, padding)  # [B, Ho, Wo, taps, 2]
+    mask = mask.reshape(batch, kernel_h * kernel_w, out_h, out_w).permute(0, 2, 3, 1).to(position.dtype)
     # Matrix order (b, i, j, tap_y, tap_x): one row of k*k*C columns per output position.
     rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, channels)
     columns = BilinearSampling.apply(rows, position.reshape(batch, -1, 2), mask.reshape(batch, -1), height, width)
