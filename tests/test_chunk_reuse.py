@@ -91,11 +91,12 @@ def test_text_lower_part_runs_once_per_prompt_across_images_and_calls(tokenizer_
     run(model, inputs)
     # 4 distinct prompts over the 5 chunks of the two images (the second image's first chunk is the first image's).
     assert len(text_calls) == len(model.text_cache) == 4 and all(shape[0] == 1 for shape in text_calls)
-    assert [tuple(shape) for shape in image_calls] == [(1, 3, 96, 128), (1, 3, 96, 128)]  # once per (padded) image
+    # once per image: the two images have one padded size, so they run as one batch
+    assert [tuple(shape) for shape in image_calls] == [(2, 3, 96, 128)]
 
     again = batch_inputs(tokenizer_dir, seeds=(5, 6))  # other images, the same prompts
     got = run(model, again)
-    assert len(text_calls) == 4 and len(image_calls) == 4  # no text lower part, one image lower part per image
+    assert len(text_calls) == 4 and [tuple(shape) for shape in image_calls[1:]] == [(2, 3, 96, 128)]  # no text
     for a, b in zip(got, run(naive, again)):
         assert_same_detections(a, b)
 

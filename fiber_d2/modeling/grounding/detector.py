@@ -268,25 +268,32 @@ class FiberGroundingDetector(nn.Module):
     def detect_reusing_lower(
         self, images: ImageList, prompts: Sequence[Sequence[PromptChunk]]
     ) -> list[list[Instances]]:
-        """Image by distinct image: the image lower part once, at the image's own padded size; then the chunks of
-        every input with that image (e.g. the referring expressions of one image in a test batch), `chunk_batch` at a
-        time: their cached text lower states padded together, the fused upper part (the image state shared), FPN and
-        head.
+        """The image lower part once per distinct image, at the image's own padded size (distinct images of one
+        padded size as one batch); then the chunks of every input (e.g. the referring expressions of one image in a
+        test batch), `chunk_batch` at a time across the images of that size: their cached text lower states padded
+        together, their images' lower states, the fused upper part, FPN and head.
 
         Gives the detections of `detect_chunk_by_chunk` run on each input alone (to float rounding). Same arguments
         and result.
         """
         bottom_up = self.backbone.bottom_up
         per_image: list[list[Instances]] = [[] for _ in prompts]
-        for group in group_identical_images(images):
-            image_state = bottom_up.encode_image_lower(own_padding(images, group[0], self.backbone.size_divisibility))
-            jobs = [(i, prompt) for i in group for prompt in prompts[i]]
+        by_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}  # padded size -> (group, padded image)
+        groups = group_identical_images(images)
+        for g, group in enumerate(groups):
+            image = own_padding(images, group[0], self.backbone.size_divisibility)
+            by_size.setdefault(tuple(image.shape[-2:]), []).append((g, image))
+        for members in by_size.values():
+            image_lower = bottom_up.encode_image_lower(torch.cat([image for _, image in members]))
+            jobs = [(slot, i, prompt) for slot, (g, _) in enumerate(members) for i in groups[g] for prompt in prompts[i]]
             for start in range(0, len(jobs), self.chunk_batch):
                 batch = jobs[start : start + self.chunk_batch]
-                text_state = pad_text_states([self.text_lower(prompt.input_ids) for _, prompt in batch])
+                slots = torch.tensor([slot for slot, _, _ in batch], device=self.device)
+                image_state = image_lower if len(members) == 1 else image_lower.select(slots)
+                text_state = pad_text_states([self.text_lower(prompt.input_ids) for _, _, prompt in batch])
                 features, text = bottom_up.encode_upper(image_state, text_state)
                 outputs = self.predict(self.backbone.pyramid(features), text, text_state.attention_mask.bool())
-                for row, (i, prompt) in enumerate(batch):
+                for row, (_, i, prompt) in enumerate(batch):
                     per_image[i].append(self.chunk_detections(outputs, row, prompt, images.image_sizes[i]))
         return per_image
 
