@@ -9,8 +9,8 @@ from torchvision.ops import deform_conv2d
 from fiber_d2.modeling.grounding import deform_conv
 from fiber_d2.modeling.grounding.deform_conv import (
     BilinearSampling,
+    axis_corners,
     bilinear_corners,
-    corner_axis_weights,
     deform_conv_sampled,
     column_positions,
     deformed_positions,
@@ -130,14 +130,19 @@ def test_bilinear_corners_of_one_sample():
     position = torch.tensor([[[0.25, 1.5], [-2.0, -1.0]], [[1.0, 0.0], [0.0, 0.0]]])
     mask = torch.full((2, 2), 0.5)
     index, weight = bilinear_corners(position, mask, 2, 3)
-    axis_weight, valid = corner_axis_weights(position, 2, 3)
+    y, x = axis_corners(position[..., 0], 2), axis_corners(position[..., 1], 3)
     assert index.shape == weight.shape == (4, 4)
     assert index[0].tolist() == [1, 2, 4, 5]
     torch.testing.assert_close(weight[0], 0.5 * torch.tensor([0.75 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.25 * 0.5]))
     assert weight[1].tolist() == [0.0] * 4 and 0 <= index[1].min() and index[1].max() < 6
-    assert valid[0, 1].tolist() == [[0.0, 0.0], [0.0, 1.0]]  # (y: rows -2, -1; x: columns -1, 0)
+    # sample 1: y rows -2, -1 both outside; x columns -1 (outside) and 0 (inside), clamped to 0
+    assert (y.low_inside[0, 1].item(), y.high_inside[0, 1].item()) == (0.0, 0.0)
+    assert (x.low_inside[0, 1].item(), x.high_inside[0, 1].item()) == (0.0, 1.0)
+    assert (x.low[0, 1].item(), x.high[0, 1].item(), y.low[0, 1].item(), y.high[0, 1].item()) == (0, 0, 0, 0)
     # The corner weights are the products of the per-axis ones.
-    torch.testing.assert_close(weight[0], 0.5 * (axis_weight[0, 0, 0][:, None] * axis_weight[0, 0, 1][None]).flatten())
+    axis_y = torch.stack([y.low_weight[0, 0], y.high_weight[0, 0]])
+    axis_x = torch.stack([x.low_weight[0, 0], x.high_weight[0, 0]])
+    torch.testing.assert_close(weight[0], 0.5 * (axis_y[:, None] * axis_x[None]).flatten())
     # Image 1, whole pixel (1, 0): weight on its own row 6 + 3; the corners below / right (outside) get 0.
     assert index[2].tolist()[0] == 9 and weight[2].tolist() == [0.5, 0.0, 0.0, 0.0]
 

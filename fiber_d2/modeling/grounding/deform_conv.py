@@ -23,16 +23,37 @@ op is used. `modulated_deform_conv` picks the path. docs/BENCHMARKS.md (`dcn`) h
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
 
-def _axis_weights(low: torch.Tensor, fraction: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One axis: corner coordinates `low` (long) and `fraction`, each [B, S] -> the bilinear weights of the low and
-    high corner [B, S, 2], 0 for a corner outside [0, size), and whether each lies inside [B, S, 2] (bool)."""
-    valid = torch.stack([(low >= 0) & (low < size), (low >= -1) & (low < size - 1)], dim=-1)
-    return torch.stack([1 - fraction, fraction], dim=-1) * valid, valid
+class AxisCorners(NamedTuple):
+    """One axis of samples [B, S]: the low and high corner's coordinate clamped into the image (long), their bilinear
+    weights (0 for a corner outside the image) and whether each lies inside it (1.0 or 0.0)."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    low_weight: torch.Tensor
+    high_weight: torch.Tensor
+    low_inside: torch.Tensor
+    high_inside: torch.Tensor
+
+
+def axis_corners(position: torch.Tensor, size: int) -> AxisCorners:
+    """Sample coordinates [B, S] along an axis of `size` pixels -> their `AxisCorners`. Every step runs on whole
+    [B, S] tensors: PyTorch's elementwise loops do not vectorise small trailing axes such as (low, high)."""
+    low = position.floor()
+    fraction = position - low
+    low_inside = ((low >= 0) & (low < size)).to(position.dtype)
+    high_inside = ((low >= -1) & (low < size - 1)).to(position.dtype)
+    low = low.long()
+    return AxisCorners(
+        low.clamp(0, size - 1), (low + 1).clamp(0, size - 1), (1 - fraction) * low_inside, fraction * high_inside,
+        low_inside, high_inside,
+    )
 
 
 def bilinear_corners(
@@ -45,27 +66,13 @@ def bilinear_corners(
     bilinear weight times the mask, 0 for a corner outside the image (its index is clamped).
     """
     batch = mask.shape[0]
-    low = position.floor()
-    fraction = position - low
-    (y0, x0), (fy, fx) = low.long().unbind(-1), fraction.unbind(-1)
-    weight_y, _ = _axis_weights(y0, fy, height)
-    weight_x, _ = _axis_weights(x0, fx, width)
-    row = torch.stack([y0.clamp(0, height - 1), (y0 + 1).clamp(0, height - 1)], dim=-1) * width
-    row += (torch.arange(batch, device=position.device) * (height * width)).view(batch, 1, 1)
-    column = torch.stack([x0.clamp(0, width - 1), (x0 + 1).clamp(0, width - 1)], dim=-1)
-    index = row[..., :, None] + column[..., None, :]  # [B, S, 2 (y corner), 2 (x corner)]
-    weight = (weight_y * mask[..., None])[..., :, None] * weight_x[..., None, :]
+    y, x = axis_corners(position[..., 0], height), axis_corners(position[..., 1], width)
+    start = (torch.arange(batch, device=position.device) * (height * width)).view(batch, 1)
+    top, bottom = y.low * width + start, y.high * width + start
+    index = torch.stack([top + x.low, top + x.high, bottom + x.low, bottom + x.high], dim=-1)
+    top, bottom = y.low_weight * mask, y.high_weight * mask  # the mask goes with the y weights
+    weight = torch.stack([top * x.low_weight, top * x.high_weight, bottom * x.low_weight, bottom * x.high_weight], -1)
     return index.view(-1, 4), weight.view(-1, 4)
-
-
-def corner_axis_weights(position: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """position [B, S, 2] (y, x) -> axis_weight and valid, each [B, S, 2 (y, x), 2 (low, high corner)]: the
-    per-axis bilinear weights (0 outside the image) and whether each corner lies in the image (for the backward)."""
-    low = position.floor()
-    fraction = position - low
-    axes = [_axis_weights(c, f, size) for c, f, size in zip(low.long().unbind(-1), fraction.unbind(-1), (height, width))]
-    axis_weight = torch.stack([weights for weights, _ in axes], dim=-2)
-    return axis_weight, torch.stack([valid for _, valid in axes], dim=-2).to(position.dtype)
 
 
 def pad_rows(x: torch.Tensor) -> torch.Tensor:
@@ -125,24 +132,27 @@ class BilinearSampling(torch.autograd.Function):
                                         mode="sum")
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             # d loss / d weight[n, c] = <grad[n], rows[index[n, c]]>, embedding_bag's own per-sample-weight gradient
-            axis_weight, valid = corner_axis_weights(position, *ctx.size)
             bags = torch.arange(index.shape[0], device=flat.device)
             corner_grad = torch.ops.aten._embedding_bag_per_sample_weights_backward(
                 grad, rows, flat, bags * 4, bags.repeat_interleave(4), 0, -1
             )
-            corner_grad = corner_grad.to(weight.dtype).view(axis_weight.shape)  # [B, S, 2 (y corner), 2 (x corner)]
-            along_x = (corner_grad * axis_weight[..., 1, None, :]).sum(-1)  # [B, S, 2 (y corner)]
-            along_y = (corner_grad * axis_weight[..., 0, :, None]).sum(-2)  # [B, S, 2 (x corner)]
+            # one contiguous [B, S] tensor per corner (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+            corners = corner_grad.to(weight.dtype).view(-1, 4).t().contiguous().view((4,) + mask.shape)
+            y, x = axis_corners(position[..., 0], ctx.size[0]), axis_corners(position[..., 1], ctx.size[1])
+            along_x = (corners[0] * x.low_weight + corners[1] * x.high_weight,  # per y corner
+                       corners[2] * x.low_weight + corners[3] * x.high_weight)
             if ctx.needs_input_grad[2]:
-                grad_mask = (along_x * axis_weight[..., 0, :]).sum(-1)
-            if ctx.needs_input_grad[1]:  # d axis_weight / d fraction = (-valid_low, valid_high)
+                grad_mask = along_x[0] * y.low_weight + along_x[1] * y.high_weight
+            if ctx.needs_input_grad[1]:  # d weight / d fraction = (-inside_low, inside_high) on each axis
+                along_y = (corners[0] * y.low_weight + corners[2] * y.high_weight,  # per x corner
+                           corners[1] * y.low_weight + corners[3] * y.high_weight)
                 grad_position = torch.stack(
                     [
-                        along_x[..., 1] * valid[..., 0, 1] - along_x[..., 0] * valid[..., 0, 0],
-                        along_y[..., 1] * valid[..., 1, 1] - along_y[..., 0] * valid[..., 1, 0],
+                        (along_x[1] * y.high_inside - along_x[0] * y.low_inside) * mask,
+                        (along_y[1] * x.high_inside - along_y[0] * x.low_inside) * mask,
                     ],
                     dim=-1,
-                ) * mask[..., None]
+                )
         return grad_rows, grad_position, grad_mask, None, None
 
 
