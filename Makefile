@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The venv is rebuilt when any file that defines it changes (the stamp's name is their hash).
 INSTALL_INPUTS := constraints.txt requirements.txt setup.py tools/build_detectron2.py
 STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-16)
-# `make demo` (about 2 minutes on 2 CPU cores): the FIBER-Shapes model zoo (MODEL_ZOO.md) evaluated and drawn.
+# `make demo` (2 to 3 minutes on 2 CPU cores): the FIBER-Shapes model zoo (MODEL_ZOO.md) evaluated and drawn.
 DEMO_DIR := output/demo
 # `make demo-train` (about 10 minutes on 2 CPU cores): FIBER-tiny trained from random weights, the coarse stage
 # through its hook, then the fine stage, in one run; its numbers are printed next to the zoo detector's.
