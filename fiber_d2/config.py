@@ -225,9 +225,9 @@ def _add_coarse_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.COARSE.OBJECTIVES = ("itc", "itm", "mlm")
     # Initial ITC temperature (learnable, clamped to [0.001, 1]).
     cfg.MODEL.FIBER.COARSE.ITC_TEMPERATURE = 0.07
-    # Detached ITC embeddings kept as extra negatives (FIBER: 4096); 0 disables the queue. FIBER fills its queue from a
-    # momentum encoder, which this project does not have: with the current model's own past embeddings, a 1024 or 4096
-    # queue collapsed the zoo's retrieval model within 300 iterations (docs/EXPERIMENTS.md).
+    # Detached ITC embeddings kept as extra negatives (FIBER: 4096); 0 disables the queue. At FIBER's batch of 4096 the
+    # queue holds one step's embeddings; at the zoo's batch of 16, a 1024 or 4096 queue (64-256 steps old) collapsed
+    # the retrieval model within 300 iterations (docs/EXPERIMENTS.md).
     cfg.MODEL.FIBER.COARSE.ITC_QUEUE_SIZE = 0
     # Pooled text feature: "first" (the <s> token, FIBER) or "mean" (of the real tokens; for a text encoder trained
     # from scratch, whose <s> output carries almost nothing about the caption at init).
