@@ -181,7 +181,7 @@ def column_positions(
     kernel_h, kernel_w = kernel
     device = offset.device
     dtype = torch.promote_types(offset.dtype, torch.float32)
-    offset = offset.view(batch, kernel_h, kernel_w, 2, out_h, out_w).permute(3, 0, 4, 1, 5, 2).to(dtype)
+    offset = offset.reshape(batch, kernel_h, kernel_w, 2, out_h, out_w).permute(3, 0, 4, 1, 5, 2).to(dtype)
     rows = torch.arange(out_h, device=device) * stride - padding
     columns = torch.arange(out_w, device=device) * stride - padding
     grid_y = (rows.view(out_h, 1, 1, 1) + torch.arange(kernel_h, device=device).view(kernel_h, 1, 1)).to(dtype)
@@ -212,9 +212,9 @@ def deform_conv_sampled(
         tensor is not None and tensor.requires_grad for tensor in (x, offset, mask, weight, bias)
     )
     if not with_autograd:  # column image order (b, i, tap_y, j, tap_x)
-        y, x_ = column_positions(offset, (kernel_h, kernel_w), stride, padding)
-        mask = mask.reshape(batch, kernel_h, kernel_w, out_h, out_w).permute(0, 3, 1, 4, 2).to(y.dtype)
-        columns = sample_padded(pad_rows(x), (height, width), y, x_, mask)
+        sample_y, sample_x = column_positions(offset, (kernel_h, kernel_w), stride, padding)
+        mask = mask.reshape(batch, kernel_h, kernel_w, out_h, out_w).permute(0, 3, 1, 4, 2).to(sample_y.dtype)
+        columns = sample_padded(pad_rows(x), (height, width), sample_y, sample_x, mask)
         image = columns.view(batch, out_h * kernel_h, out_w * kernel_w, channels).permute(0, 3, 1, 2)
         return F.conv2d(image, weight, bias, stride=(kernel_h, kernel_w)).contiguous()
     position = deformed_positions(offset, (kernel_h, kernel_w), stride, padding)  # [B, Ho, Wo, taps, 2]
