@@ -124,7 +124,8 @@ def test_no_bias_and_offset_views():
         torch.testing.assert_close(deform_conv_sampled(x, offset, mask, weight, None), expected, rtol=0, atol=1e-10)
         # offsets and masks in channels-last memory (no view splits their channels): the same outputs
         channels_last = [t.contiguous(memory_format=torch.channels_last) for t in (offset, mask)]
-        assert torch.equal(deform_conv_sampled(x, *channels_last, weight, None), deform_conv_sampled(x, offset, mask, weight, None))
+        expected = deform_conv_sampled(x, offset, mask, weight, None)
+        assert torch.equal(deform_conv_sampled(x, *channels_last, weight, None), expected)
 
 
 def test_bilinear_corners_of_one_sample():
