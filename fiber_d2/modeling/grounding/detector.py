@@ -285,7 +285,9 @@ class FiberGroundingDetector(nn.Module):
             by_size.setdefault(tuple(image.shape[-2:]), []).append((g, image))
         for members in by_size.values():
             image_lower = bottom_up.encode_image_lower(torch.cat([image for _, image in members]))
-            jobs = [(slot, i, prompt) for slot, (g, _) in enumerate(members) for i in groups[g] for prompt in prompts[i]]
+            jobs = [
+                (slot, i, prompt) for slot, (g, _) in enumerate(members) for i in groups[g] for prompt in prompts[i]
+            ]
             for start in range(0, len(jobs), self.chunk_batch):
                 batch = jobs[start : start + self.chunk_batch]
                 slots = torch.tensor([slot for slot, _, _ in batch], device=self.device)
