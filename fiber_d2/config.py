@@ -229,6 +229,10 @@ def _add_coarse_config(cfg: CN) -> None:
     # queue holds one step's embeddings; at the zoo's batch of 16, a 1024 or 4096 queue (64-256 steps old) collapsed
     # the retrieval model within 300 iterations (docs/EXPERIMENTS.md).
     cfg.MODEL.FIBER.COARSE.ITC_QUEUE_SIZE = 0
+    # ITM draws its hard negatives from the batch and this many earlier pairs of the same process, kept as raw images
+    # and token ids and encoded again by the current model when drawn (FIBER's queue keeps them for that, 4096 at a
+    # batch of 4096; PairQueue). Not saved in checkpoints. 0: from the batch alone.
+    cfg.MODEL.FIBER.COARSE.ITM_QUEUE_SIZE = 0
     # Pooled text feature: "first" (the <s> token, FIBER) or "mean" (of the real tokens; for a text encoder trained
     # from scratch, whose <s> output carries almost nothing about the caption at init).
     cfg.MODEL.FIBER.COARSE.TEXT_POOLING = "first"

@@ -56,6 +56,19 @@ class ImageState:
             self, tokens=self.tokens[index], outputs={name: out[index] for name, out in self.outputs.items()}
         )
 
+    @classmethod
+    def cat(cls, states: Sequence["ImageState"]) -> "ImageState":
+        """The states of several batches of images of one size, at the same block, as one batch (samples in order)."""
+        places = {(state.size, state.stage, state.block) for state in states}
+        if len(places) != 1:
+            raise ValueError(f"image states of different sizes or blocks {sorted(places)} cannot be batched")
+        first = states[0]
+        return dataclasses.replace(
+            first,
+            tokens=torch.cat([state.tokens for state in states]),
+            outputs={name: torch.cat([state.outputs[name] for state in states]) for name in first.outputs},
+        )
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patch x patch conv + LayerNorm; pads the image right/bottom to a multiple of the patch size."""

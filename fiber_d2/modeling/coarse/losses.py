@@ -72,19 +72,26 @@ def itc_loss(
 
 
 def sample_itm_negatives(
-    i2t: torch.Tensor, t2i: torch.Tensor, image_ids: torch.Tensor, generator: torch.Generator | None = None
+    i2t: torch.Tensor,
+    t2i: torch.Tensor,
+    image_ids: torch.Tensor,
+    generator: torch.Generator | None = None,
+    column_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard negatives for ITM, drawn from the local batch with probability softmax(similarity).
+    """Hard negatives for ITM, drawn with probability softmax(similarity) over the candidates.
 
-    i2t, t2i: [B, B] local similarities (rows: this batch's images / texts); image_ids [B]: pairs of the same image
-    (several captions of one image in a batch) are never negatives. Returns (negative text index per image [B],
-    negative image index per text [B]). Raises when some sample has no other image in the batch.
+    i2t: [B, C] similarities of this batch's images to C candidate texts; t2i: [B, C] of its texts to C candidate
+    images (the candidates: the local batch, then the ITM queue's pairs). image_ids [B]: the batch's image ids;
+    column_ids [C]: the candidates' (default: image_ids, the batch alone). A pair of the same image (several captions
+    of one image) is never a negative. Returns (negative text column per image [B], negative image column per text
+    [B]). Raises when some sample has no candidate of another image.
     """
-    different = image_ids[:, None] != image_ids[None, :]  # [B, B]
+    column_ids = image_ids if column_ids is None else column_ids
+    different = image_ids[:, None] != column_ids[None, :]  # [B, C]
     if not different.any(dim=1).all():
         raise ValueError(
-            "ITM needs at least two different images in each process's batch (hard negatives come from the batch); "
-            "increase the batch size"
+            "ITM needs at least two different images among each process's batch and ITM queue (hard negatives come "
+            "from them); increase the batch size or MODEL.FIBER.COARSE.ITM_QUEUE_SIZE"
         )
     with torch.no_grad():
         weights_i2t = F.softmax(i2t.float(), dim=1) * different

@@ -4,7 +4,9 @@ Training (inputs from `CoarseDatasetMapper`, task "pretrain": `image` [3, S, S],
 `mlm_input_ids` [T], `mlm_labels` [T]) returns the enabled objectives (MODEL.FIBER.COARSE.OBJECTIVES):
   loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue);
   loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE (and,
-            with INPUT.COARSE.ITM_SWAP_WORDS, (image, its caption with one word swapped) negatives);
+            with INPUT.COARSE.ITM_SWAP_WORDS, (image, its caption with one word swapped) negatives); the hard
+            negatives are drawn from the batch and, with MODEL.FIBER.COARSE.ITM_QUEUE_SIZE, earlier pairs
+            (`PairQueue`);
   loss_mlm  fusion on, masked captions: CE of the masked tokens through the MLM head (on the fused text projection).
 The fused passes read the image and text tokens as FIBER's fused path does (`CoarseModelBase.fused_tokens`), the
 dual encoder as its image-only and text-only paths do.
@@ -30,6 +32,7 @@ from ..backbone.text_encoder import pad_text_states
 from .base import CoarseModelBase, build_coarse_heads, build_coarse_backbone
 from .heads import CoarseHeads
 from .losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
+from .pair_queue import PairQueue
 
 OBJECTIVES = ("itc", "itm", "mlm")
 
@@ -49,6 +52,7 @@ class FiberCoarseModel(CoarseModelBase):
         pad_token_id: int,
         objectives: Sequence[str] = OBJECTIVES,
         queue_size: int = 0,
+        itm_queue_size: int = 0,
         fused_image_norm: bool = False,
     ) -> None:
         super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, fused_image_norm=fused_image_norm)
@@ -57,6 +61,7 @@ class FiberCoarseModel(CoarseModelBase):
             raise ValueError(f"MODEL.FIBER.COARSE.OBJECTIVES must be a non-empty subset of {OBJECTIVES}, got {objectives}")
         self.objectives = tuple(objectives)
         self.queue = FeatureQueue(queue_size, backbone.text.hidden_size)
+        self.itm_queue = PairQueue(itm_queue_size)
         self.itm_generator: torch.Generator | None = None  # draws the ITM negatives (None: torch's global RNG)
         if heads.vqa is not None:
             self.freeze_unused([heads.vqa])
@@ -83,6 +88,7 @@ class FiberCoarseModel(CoarseModelBase):
             "pad_token_id": backbone.text.model.config.pad_token_id,
             "objectives": coarse.OBJECTIVES,
             "queue_size": coarse.ITC_QUEUE_SIZE,
+            "itm_queue_size": coarse.ITM_QUEUE_SIZE,
             "fused_image_norm": coarse.FUSED_IMAGE_NORM,
         }
 
@@ -190,24 +196,67 @@ class FiberCoarseModel(CoarseModelBase):
     ) -> torch.Tensor:
         """CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused; plus, for the
         inputs with `swap_input_ids` (INPUT.COARSE.ITM_SWAP_WORDS), the negatives (image, its caption with a word
-        swapped)."""
+        swapped). The negatives are drawn from the batch and the ITM queue, whose drawn pairs run their lower parts
+        again (without gradient); the batch then joins the queue."""
         batch = len(batched_inputs)
-        keys = [x.get("image_id", i) for i, x in enumerate(batched_inputs)]
-        image_ids = torch.tensor([keys.index(k) for k in keys], device=self.device)
-        similarity = (image_embedding @ text_embedding.T).detach() / self.heads.clamped_temperature().detach()
-        negative_texts, negative_images = sample_itm_negatives(similarity, similarity.T, image_ids, self.itm_generator)
+        keys = [x.get("image_id") for x in batched_inputs]
+        keys = [object() if key is None else key for key in keys]  # no image id: the pair's image is its own
+        ids: dict = {}
+        column_ids = torch.tensor(
+            [ids.setdefault(key, len(ids)) for key in keys + self.itm_queue.keys()], device=self.device
+        )
+        images, texts = image_embedding.detach(), text_embedding.detach()
+        candidate_images, candidate_texts = images, texts
+        if len(self.itm_queue):
+            queued_images, queued_texts = self.itm_queue.embeddings()
+            candidate_images = torch.cat([images, queued_images.to(images)])
+            candidate_texts = torch.cat([texts, queued_texts.to(texts)])
+        temperature = self.heads.clamped_temperature().detach()
+        negative_texts, negative_images = sample_itm_negatives(
+            images @ candidate_texts.T / temperature,
+            texts @ candidate_images.T / temperature,
+            column_ids[:batch],
+            self.itm_generator,
+            column_ids,
+        )
+        image_lower, negative_images = self._add_queued(image_lower, negative_images, batch, images=True)
+        text_lower, negative_texts = self._add_queued(text_lower, negative_texts, batch, images=False)
         everyone = torch.arange(batch, device=self.device)
         image_index = torch.cat([everyone, everyone, negative_images])
         text_index = torch.cat([everyone, negative_texts, everyone])
         swapped = [i for i, x in enumerate(batched_inputs) if x.get("swap_input_ids") is not None]
-        if swapped:  # the swapped captions' lower part, appended to the batch's (rows B, B + 1, ...)
+        if swapped:  # the swapped captions' lower part, appended to the texts' (rows N, N + 1, ...)
+            rows = len(text_lower.hidden)
             input_ids, mask = self.pad_texts([batched_inputs[i]["swap_input_ids"] for i in swapped])
             text_lower = pad_text_states([text_lower, self.backbone.encode_text_lower(input_ids, mask)])
             image_index = torch.cat([image_index, torch.tensor(swapped, device=self.device)])
-            text_index = torch.cat([text_index, torch.arange(batch, batch + len(swapped), device=self.device)])
+            text_index = torch.cat([text_index, torch.arange(rows, rows + len(swapped), device=self.device)])
         logits = self._pair_logits(image_lower, text_lower, image_index, text_index)
         labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch + len(swapped))]).long().to(self.device)
+        self.itm_queue.push(
+            [x["image"] for x in batched_inputs], [x["input_ids"] for x in batched_inputs], keys, images, texts
+        )
         return F.cross_entropy(logits.float(), labels)
+
+    def _add_queued(
+        self, lower: ImageState | TextState, columns: torch.Tensor, batch: int, images: bool
+    ) -> tuple[ImageState | TextState, torch.Tensor]:
+        """The batch's lower states [B, ...] extended by those of the queued pairs that `columns` [B] (candidate
+        columns: < B the batch, B + q queue entry q) drew, and the columns as rows of the extended state."""
+        drawn = sorted({column - batch for column in columns.tolist() if column >= batch})
+        if not drawn:
+            return lower, columns
+        with torch.no_grad():
+            if images:
+                pixels = self.preprocess_images([{"image": image} for image in self.itm_queue.images(drawn)])
+                lower = ImageState.cat([lower, self.backbone.encode_image_lower(pixels)])
+            else:
+                input_ids, mask = self.pad_texts(self.itm_queue.input_ids(drawn))
+                lower = pad_text_states([lower, self.backbone.encode_text_lower(input_ids, mask)])
+        row_of = torch.zeros(max(drawn) + 1, dtype=torch.long, device=self.device)
+        row_of[torch.tensor(drawn, device=self.device)] = torch.arange(batch, batch + len(drawn), device=self.device)
+        queued = columns >= batch
+        return lower, torch.where(queued, row_of[(columns - batch).clamp(min=0)], columns)
 
     @torch.no_grad()
     def inference(
