@@ -233,6 +233,10 @@ def _add_coarse_config(cfg: CN) -> None:
     # and token ids and encoded again by the current model when drawn (FIBER's queue keeps them for that, 4096 at a
     # batch of 4096; PairQueue). Not saved in checkpoints. 0: from the batch alone.
     cfg.MODEL.FIBER.COARSE.ITM_QUEUE_SIZE = 0
+    # K > 0 adds loss_itm_rank (not in FIBER's pre-training; ViLT/METER-style retrieval fine-tuning): each caption
+    # picks its image among itself and K hard negative images (drawn as ITM's, without replacement) by the ITM
+    # log-odds, the ranking that ITM re-ranking does at test time. 0: off.
+    cfg.MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES = 0
     # Pooled text feature: "first" (the <s> token, FIBER) or "mean" (of the real tokens; for a text encoder trained
     # from scratch, whose <s> output carries almost nothing about the caption at init).
     cfg.MODEL.FIBER.COARSE.TEXT_POOLING = "first"

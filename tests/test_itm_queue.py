@@ -9,7 +9,7 @@ import torch
 from detectron2.modeling import build_model
 
 from fiber_d2.modeling.backbone import ImageState
-from fiber_d2.modeling.coarse.losses import sample_itm_negatives
+from fiber_d2.modeling.coarse.losses import ranking_loss, sample_itm_negatives, sample_ranking_negatives
 from fiber_d2.modeling.coarse.pair_queue import PairQueue
 from micro_configs import micro_coarse_cfg
 
@@ -112,3 +112,56 @@ def test_drawn_queue_pairs_are_encoded_again_by_the_current_model(tokenizer_dir,
     length = len(first[1]["input_ids"])
     assert seen["text_lower"].attention_mask[2].sum() == length
     assert torch.allclose(seen["text_lower"].hidden[2, :length], fresh_text.hidden[0], atol=1e-5)
+
+
+def test_ranking_negatives_are_distinct_other_images_and_follow_the_similarity():
+    column_ids = torch.tensor([0, 1, 2, 2, 3, 0])  # batch images 0, 1; queued pairs of images 2, 2, 3, 0
+    t2i = torch.tensor([[0.0, 0.0, 30.0, 0.0, 29.0, 50.0], [0.0, 50.0, 0.0, 30.0, 29.0, 0.0]])
+    drawn = sample_ranking_negatives(t2i, column_ids[:2], column_ids, 2)
+    assert sorted(drawn[0].tolist()) == [2, 4] and sorted(drawn[1].tolist()) == [3, 4]  # the two hardest others
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        drawn = sample_ranking_negatives(torch.randn(2, 6), column_ids[:2], column_ids, 4, generator)
+        assert all(len(set(row)) == 4 for row in drawn.tolist())
+        assert (column_ids[drawn] != column_ids[:2, None]).all()
+    with pytest.raises(ValueError, match="ITM_RANK_NEGATIVES 5: samples \\[0\\]"):
+        sample_ranking_negatives(t2i, column_ids[:2], column_ids, 5)
+
+
+def test_ranking_loss_is_the_cross_entropy_of_the_match_log_odds():
+    logits = torch.tensor([[[0.0, 2.0], [1.0, 0.0], [0.0, 0.0]]])  # log-odds 2, -1, 0; the image is column 0
+    expected = -(2.0 - torch.logsumexp(torch.tensor([2.0, -1.0, 0.0]), 0))
+    assert ranking_loss(logits).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_the_ranking_pairs_each_text_with_its_image_and_k_negatives(tokenizer_dir, monkeypatch):
+    torch.manual_seed(0)
+    overrides = {
+        "MODEL.FIBER.COARSE.ITM_QUEUE_SIZE": 4,
+        "MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES": 3,
+        "MODEL.FIBER.COARSE.OBJECTIVES": ("itc", "itm"),
+    }
+    model = build_model(micro_coarse_cfg(tokenizer_dir, "FiberCoarseModel", overrides=overrides))
+    first = [pair(i, f"a{i}") for i in range(3)]
+    second = [pair(i + 3, f"b{i}") for i in range(3)]
+    with pytest.raises(ValueError, match="ITM_RANK_NEGATIVES 3"):
+        model(first)  # 2 other images in the batch and none queued
+    model.itm_rank_negatives = 0
+    model(first)  # queues the batch
+    model.itm_rank_negatives = 3
+    seen = {}
+    real = model._pair_logits
+
+    def capture(image_lower, text_lower, image_index, text_index):
+        seen.update(image_index=image_index.tolist(), text_index=text_index.tolist(), rows=len(image_lower.tokens))
+        return real(image_lower, text_lower, image_index, text_index)
+
+    monkeypatch.setattr(model, "_pair_logits", capture)
+    losses = model(second)
+    assert set(losses) == {"loss_itc", "loss_itm", "loss_itm_rank"} and losses["loss_itm_rank"].requires_grad
+    image_index, text_index = seen["image_index"], seen["text_index"]
+    assert len(image_index) == 9 + 3 * 2 and text_index[9:] == [0, 0, 1, 1, 2, 2]
+    for text in range(3):  # the ITM negative image and the 2 more: 3 distinct images, none the text's own
+        negatives = [image_index[6 + text]] + image_index[9 + 2 * text : 11 + 2 * text]
+        assert len(set(negatives)) == 3 and text not in negatives
+    assert seen["rows"] == 3 + len({i for i in image_index if i >= 3})  # queued images drawn: encoded once each

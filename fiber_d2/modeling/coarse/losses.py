@@ -114,3 +114,34 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def itm_probability(logits: torch.Tensor) -> torch.Tensor:
     """ITM logits [..., 2] -> P(match) [...], the softmax's second column."""
     return logits.float().softmax(dim=-1)[..., 1]
+
+
+def sample_ranking_negatives(
+    t2i: torch.Tensor,
+    image_ids: torch.Tensor,
+    column_ids: torch.Tensor,
+    count: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """`count` distinct hard negative images per text for the ITM ranking loss, drawn without replacement with
+    probability softmax(similarity) over the candidates of other images. t2i [B, C] (texts against C candidate
+    images), image_ids [B] and column_ids [C] as in `sample_itm_negatives`. Returns candidate columns [B, count]."""
+    different = image_ids[:, None] != column_ids[None, :]
+    short = (different.sum(dim=1) < count).nonzero().flatten().tolist()
+    if short:
+        raise ValueError(
+            f"MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES {count}: samples {short} have fewer candidates of other images in "
+            "the batch and ITM queue; increase the batch size or MODEL.FIBER.COARSE.ITM_QUEUE_SIZE"
+        )
+    with torch.no_grad():
+        weights = F.softmax(t2i.float(), dim=1) * different
+        # Rows with fewer than `count` non-zero weights (softmax underflow) take the rest uniformly.
+        weights = torch.where(weights > 0, weights, different.float() * torch.finfo(torch.float32).tiny)
+        return torch.multinomial(weights, count, replacement=False, generator=generator)
+
+
+def ranking_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ITM logits [B, 1 + K, 2] of each text with its image (column 0) and K negative images -> the mean CE of
+    picking column 0 by the match log-odds (logit 1 - logit 0), softmax over the 1 + K images."""
+    scores = (logits[..., 1] - logits[..., 0]).float()
+    return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))

@@ -31,7 +31,16 @@ from ..backbone import FiberBackbone, ImageState, TextState
 from ..backbone.text_encoder import pad_text_states
 from .base import CoarseModelBase, build_coarse_heads, build_coarse_backbone
 from .heads import CoarseHeads
-from .losses import FeatureQueue, gather_with_grad, itc_loss, itm_probability, mlm_loss, sample_itm_negatives
+from .losses import (
+    FeatureQueue,
+    gather_with_grad,
+    itc_loss,
+    itm_probability,
+    mlm_loss,
+    ranking_loss,
+    sample_itm_negatives,
+    sample_ranking_negatives,
+)
 from .pair_queue import PairQueue
 
 OBJECTIVES = ("itc", "itm", "mlm")
@@ -53,6 +62,7 @@ class FiberCoarseModel(CoarseModelBase):
         objectives: Sequence[str] = OBJECTIVES,
         queue_size: int = 0,
         itm_queue_size: int = 0,
+        itm_rank_negatives: int = 0,
         fused_image_norm: bool = False,
     ) -> None:
         super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, fused_image_norm=fused_image_norm)
@@ -62,6 +72,9 @@ class FiberCoarseModel(CoarseModelBase):
         self.objectives = tuple(objectives)
         self.queue = FeatureQueue(queue_size, backbone.text.hidden_size)
         self.itm_queue = PairQueue(itm_queue_size)
+        if itm_rank_negatives < 0:
+            raise ValueError(f"MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES must be >= 0, got {itm_rank_negatives}")
+        self.itm_rank_negatives = itm_rank_negatives
         self.itm_generator: torch.Generator | None = None  # draws the ITM negatives (None: torch's global RNG)
         if heads.vqa is not None:
             self.freeze_unused([heads.vqa])
@@ -89,6 +102,7 @@ class FiberCoarseModel(CoarseModelBase):
             "objectives": coarse.OBJECTIVES,
             "queue_size": coarse.ITC_QUEUE_SIZE,
             "itm_queue_size": coarse.ITM_QUEUE_SIZE,
+            "itm_rank_negatives": coarse.ITM_RANK_NEGATIVES,
             "fused_image_norm": coarse.FUSED_IMAGE_NORM,
         }
 
@@ -174,7 +188,7 @@ class FiberCoarseModel(CoarseModelBase):
                 losses["loss_itc"], _, _ = itc_loss(image_embedding, text_embedding, self.heads.clamped_temperature(), queue)
                 self.queue.push(gather_with_grad(image_embedding.detach()), gather_with_grad(text_embedding.detach()))
             if "itm" in self.objectives:
-                losses["loss_itm"] = self._itm_loss(batched_inputs, image_lower, text_lower, image_embedding, text_embedding)
+                losses.update(self._itm_losses(batched_inputs, image_lower, text_lower, image_embedding, text_embedding))
 
         if "mlm" in self.objectives:
             missing = [i for i, x in enumerate(batched_inputs) if "mlm_input_ids" not in x]
@@ -186,18 +200,20 @@ class FiberCoarseModel(CoarseModelBase):
             losses["loss_mlm"] = mlm_loss(self.heads.mlm_logits(text), labels)
         return losses
 
-    def _itm_loss(
+    def _itm_losses(
         self,
         batched_inputs: Sequence[dict],
         image_lower: ImageState,
         text_lower: TextState,
         image_embedding: torch.Tensor,
         text_embedding: torch.Tensor,
-    ) -> torch.Tensor:
-        """CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused; plus, for the
-        inputs with `swap_input_ids` (INPUT.COARSE.ITM_SWAP_WORDS), the negatives (image, its caption with a word
-        swapped). The negatives are drawn from the batch and the ITM queue, whose drawn pairs run their lower parts
-        again (without gradient); the batch then joins the queue."""
+    ) -> dict[str, torch.Tensor]:
+        """loss_itm: CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused; plus,
+        for the inputs with `swap_input_ids` (INPUT.COARSE.ITM_SWAP_WORDS), the negatives (image, its caption with a
+        word swapped). With MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES K, loss_itm_rank: each text picks its image among
+        1 + K (`ranking_loss`), the first of its K negatives being its ITM negative image. The negatives are drawn
+        from the batch and the ITM queue, whose drawn pairs run their lower parts again (without gradient); the batch
+        then joins the queue."""
         batch = len(batched_inputs)
         keys = [x.get("image_id") for x in batched_inputs]
         keys = [object() if key is None else key for key in keys]  # no image id: the pair's image is its own
@@ -212,14 +228,18 @@ class FiberCoarseModel(CoarseModelBase):
             candidate_images = torch.cat([images, queued_images.to(images)])
             candidate_texts = torch.cat([texts, queued_texts.to(texts)])
         temperature = self.heads.clamped_temperature().detach()
+        t2i = texts @ candidate_images.T / temperature
         negative_texts, negative_images = sample_itm_negatives(
-            images @ candidate_texts.T / temperature,
-            texts @ candidate_images.T / temperature,
-            column_ids[:batch],
-            self.itm_generator,
-            column_ids,
+            images @ candidate_texts.T / temperature, t2i, column_ids[:batch], self.itm_generator, column_ids
         )
-        image_lower, negative_images = self._add_queued(image_lower, negative_images, batch, images=True)
+        ranked = self.itm_rank_negatives
+        if ranked:
+            rank_images = sample_ranking_negatives(t2i, column_ids[:batch], column_ids, ranked, self.itm_generator)
+            image_lower, rank_images = self._add_queued(image_lower, rank_images.flatten(), batch, images=True)
+            rank_images = rank_images.view(batch, ranked)
+            negative_images = rank_images[:, 0]
+        else:
+            image_lower, negative_images = self._add_queued(image_lower, negative_images, batch, images=True)
         text_lower, negative_texts = self._add_queued(text_lower, negative_texts, batch, images=False)
         everyone = torch.arange(batch, device=self.device)
         image_index = torch.cat([everyone, everyone, negative_images])
@@ -231,12 +251,21 @@ class FiberCoarseModel(CoarseModelBase):
             text_lower = pad_text_states([text_lower, self.backbone.encode_text_lower(input_ids, mask)])
             image_index = torch.cat([image_index, torch.tensor(swapped, device=self.device)])
             text_index = torch.cat([text_index, torch.arange(rows, rows + len(swapped), device=self.device)])
+        itm_pairs = len(image_index)
+        if ranked > 1:  # the ranking's other negatives (B (K - 1) more pairs)
+            image_index = torch.cat([image_index, rank_images[:, 1:].flatten()])
+            text_index = torch.cat([text_index, everyone.repeat_interleave(ranked - 1)])
         logits = self._pair_logits(image_lower, text_lower, image_index, text_index)
-        labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch + len(swapped))]).long().to(self.device)
+        labels = torch.cat([torch.ones(batch), torch.zeros(itm_pairs - batch)]).long().to(self.device)
         self.itm_queue.push(
             [x["image"] for x in batched_inputs], [x["input_ids"] for x in batched_inputs], keys, images, texts
         )
-        return F.cross_entropy(logits.float(), labels)
+        losses = {"loss_itm": F.cross_entropy(logits[:itm_pairs].float(), labels)}
+        if ranked:  # per text: its image (ITM positive), its ITM negative image, then the rest
+            ranks = [logits[:batch, None], logits[2 * batch : 3 * batch, None]]
+            ranks.append(logits[itm_pairs:].view(batch, ranked - 1, 2))
+            losses["loss_itm_rank"] = ranking_loss(torch.cat(ranks, dim=1))
+        return losses
 
     def _add_queued(
         self, lower: ImageState | TextState, columns: torch.Tensor, batch: int, images: bool
