@@ -56,6 +56,11 @@ def add_fiber_config(cfg: CN) -> None:
     # dataset, file and record, or "skip" it with a warning. Evaluation always raises on an unreadable image.
     cfg.DATASETS.ON_BAD_RECORD = "raise"
 
+    # Coarse models' training: a JSON file {image_id: cluster} (tools/cluster_images.py); each batch then draws its
+    # images from one cluster of similar images, so that the in-batch negatives are hard (TAS-B's topic-aware
+    # sampling; not in FIBER). "" ($DETECTRON2_DATASETS etc. expanded): random batches.
+    cfg.DATALOADER.BATCH_CLUSTERS = ""
+
     # On a horizontal flip, swap "left"/"right" in grounding captions (spans kept right); False: never flip those.
     cfg.INPUT.FLIP_SWAP_LEFT_RIGHT = True
 

@@ -221,6 +221,26 @@ def test_coarse_only_config_trains_and_evaluates_retrieval(datasets_root, tmp_pa
     assert retrieval["ir_R@10"] == retrieval["itc_ir_R@10"] == 100.0  # 4 validation images: all in the top 10
 
 
+def test_batches_from_image_clusters_train_and_a_bad_cluster_file_is_one_line(datasets_root, tmp_path):
+    clusters = tmp_path / "clusters.json"
+    log = _run([REPO / "tools" / "cluster_images.py", "--config-file", COARSE, "--num-clusters", "2", "--output",
+                clusters, *TINY_VL], datasets_root)
+    summary = json.loads(log.strip().splitlines()[-1])
+    assert summary["images"] == 8 and summary["clusters"] in (1, 2) and summary["smallest"] >= 4
+    table = json.loads(clusters.read_text())
+    assert len(table) == 8 and set(table.values()) == set(range(summary["clusters"]))
+    _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", COARSE, *TINY_VL, "SOLVER.MAX_ITER", "2",
+          "DATASETS.TEST", "()", "DATALOADER.BATCH_CLUSTERS", clusters, "OUTPUT_DIR", tmp_path / "run"], datasets_root)
+    assert "loss_itc" in [m for m in _metrics(tmp_path / "run") if "total_loss" in m][-1]
+    del table[sorted(table)[0]]
+    clusters.write_text(json.dumps(table))
+    log = _run([REPO / "projects" / "FIBER" / "train_net.py", "--config-file", COARSE, *TINY_VL, "SOLVER.MAX_ITER",
+                "2", "DATASETS.TEST", "()", "DATALOADER.BATCH_CLUSTERS", clusters, "OUTPUT_DIR", tmp_path / "bad"],
+               datasets_root, expect_success=False)
+    assert f"train_net.py: error: DATALOADER.BATCH_CLUSTERS '{clusters}' has no cluster for image_id" in log
+    assert "Traceback" not in log
+
+
 COARSE_HOOK = ["COARSE_STAGE.ENABLED", "True", "COARSE_STAGE.DATASETS", "('fiber_shapes_pairs_train',)",
                "COARSE_STAGE.IMS_PER_BATCH", "4", "COARSE_STAGE.LOG_PERIOD", "1", "COARSE_STAGE.CHECKPOINT_PERIOD", "2",
                "INPUT.COARSE.IMAGE_SIZE", "64", "DATASETS.TEST", "()"]

@@ -10,7 +10,9 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, DatasetFromList, MapDataset
 from detectron2.data.build import trivial_batch_collator
 from detectron2.data.samplers import InferenceSampler
+from detectron2.utils import comm
 
+from .batch_clusters import load_batch_cluster_ids
 from .coarse_mapper import CoarseDatasetMapper
 from .grounding_mapper import GroundingDatasetMapper
 from .image_io import check_image_files
@@ -81,18 +83,25 @@ def build_coarse_train_loader(
     total_batch_size: int,
     task: str = "pretrain",
     answer_vocabulary: Sequence[str] | None = None,
+    batch_clusters: str = "",
 ):
     """An infinite loader of coarse training batches (lists of CoarseDatasetMapper outputs, images S x S); its
     position goes into checkpoints (ResumableTrainLoader). Missing or empty image files: as the grounding loader.
 
     task: "pretrain", "vqa" (needs `answer_vocabulary`) or "caption".
+    batch_clusters: a JSON file {image_id: cluster}; each batch then holds images of one cluster (batch_clusters.py).
     """
+    records = check_image_files(load_grounding_dataset_dicts(dataset_names), cfg.DATASETS.ON_BAD_RECORD)
+    group_ids = None
+    if batch_clusters:
+        group_ids = load_batch_cluster_ids(batch_clusters, records, total_batch_size // comm.get_world_size())
     return ResumableTrainLoader(
-        check_image_files(load_grounding_dataset_dicts(dataset_names), cfg.DATASETS.ON_BAD_RECORD),
+        records,
         CoarseDatasetMapper(cfg, True, task=task, answer_vocabulary=answer_vocabulary),
         total_batch_size=total_batch_size,
         aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        group_ids=group_ids,
     )
 
 

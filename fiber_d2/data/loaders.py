@@ -68,7 +68,9 @@ def build_test_loader(cfg: CfgNode, dataset_name: str) -> Iterable:
 def _coarse_train(task: str, with_answers: bool = False) -> Callable[[CfgNode], Iterable]:
     def build(cfg: CfgNode) -> Iterable:
         answers = answer_vocabulary_from_config(cfg) if with_answers else None
-        return build_coarse_train_loader(cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH, task, answers)
+        return build_coarse_train_loader(
+            cfg, cfg.DATASETS.TRAIN, cfg.SOLVER.IMS_PER_BATCH, task, answers, cfg.DATALOADER.BATCH_CLUSTERS
+        )
 
     return build
 

@@ -95,7 +95,8 @@ class ResumableBatchSampler:
 
 class ResumableTrainLoader:
     """Iterable of training batches (lists of mapped records, `total_batch_size / processes` each) whose position
-    `state_dict()` / `load_state_dict()` save and restore (module docstring)."""
+    `state_dict()` / `load_state_dict()` save and restore (module docstring). Each batch holds records of one group:
+    one aspect group (`aspect_ratio_grouping`), or one of `group_ids` (a group per record, e.g. batch_clusters)."""
 
     def __init__(
         self,
@@ -105,12 +106,16 @@ class ResumableTrainLoader:
         aspect_ratio_grouping: bool,
         num_workers: int,
         seed: int | None = None,
+        group_ids: Sequence[int] | None = None,
     ) -> None:
         world_size = comm.get_world_size()
         if total_batch_size <= 0 or total_batch_size % world_size:
             raise ValueError(f"the total batch size {total_batch_size} must be a positive multiple of the "
                              f"{world_size} processes")
-        group_ids = [_aspect_group(record) for record in dataset] if aspect_ratio_grouping else None
+        if group_ids is not None and aspect_ratio_grouping:
+            raise ValueError("give group_ids or aspect_ratio_grouping, not both")
+        if aspect_ratio_grouping:
+            group_ids = [_aspect_group(record) for record in dataset]
         seed = comm.shared_random_seed() if seed is None else seed  # as TrainingSampler chooses its seed
         self.batch_sampler = ResumableBatchSampler(len(dataset), total_batch_size // world_size, group_ids, seed)
         self.dataset = NextOnSkipDataset(DatasetFromList(dataset, copy=False), mapper)
