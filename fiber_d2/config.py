@@ -58,7 +58,8 @@ def add_fiber_config(cfg: CN) -> None:
 
     # Coarse models' training: a JSON file {image_id: cluster} (tools/cluster_images.py); each batch then draws its
     # images from one cluster of similar images, so that the in-batch negatives are hard (TAS-B's topic-aware
-    # sampling; not in FIBER). "" ($DETECTRON2_DATASETS etc. expanded): random batches.
+    # sampling; not in FIBER). "" ($DETECTRON2_DATASETS etc. expanded): random batches. On FIBER-Shapes retrieval it
+    # lowered image-to-text recall and did not raise text-to-image recall (docs/EXPERIMENTS.md).
     cfg.DATALOADER.BATCH_CLUSTERS = ""
 
     # On a horizontal flip, swap "left"/"right" in grounding captions (spans kept right); False: never flip those.
