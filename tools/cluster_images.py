@@ -19,10 +19,12 @@ import time
 from typing import Sequence
 
 import torch
+from detectron2.config import CfgNode
 
 
-def embed_training_images(cfg) -> tuple[list, torch.Tensor]:
-    """(image ids, ITC image embeddings [N, D]) of the distinct images of cfg.DATASETS.TRAIN, in record order."""
+def embed_training_images(cfg: CfgNode, batch_size: int) -> tuple[list, torch.Tensor]:
+    """(image ids, ITC image embeddings [N, D]) of the distinct images of cfg.DATASETS.TRAIN, in record order,
+    `batch_size` images per forward."""
     from fiber_d2.checkpoint import FiberCheckpointer
     from fiber_d2.data import CoarseDatasetMapper, load_grounding_dataset_dicts
     from fiber_d2.engine.trainer import Trainer
@@ -30,14 +32,14 @@ def embed_training_images(cfg) -> tuple[list, torch.Tensor]:
     model = Trainer.build_model(cfg)
     FiberCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
-    mapper = CoarseDatasetMapper(cfg, False, task="caption")
+    mapper = CoarseDatasetMapper(cfg, False, task="caption")  # at inference: the image at the test size
     records, seen = [], set()
     for record in load_grounding_dataset_dicts(cfg.DATASETS.TRAIN):
         if record["image_id"] not in seen:
             seen.add(record["image_id"])
             records.append(record)
     loader = torch.utils.data.DataLoader(
-        records, batch_size=cfg.TEST.IMS_PER_BATCH * 16, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        records, batch_size=batch_size, num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=lambda batch: [mapper(r) for r in batch],
     )
     embeddings = []
@@ -53,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-clusters", type=int, required=True, help="k of the k-means (before merging)")
     parser.add_argument("--output", required=True, help="the JSON file to write")
     parser.add_argument("--seed", type=int, default=0, help="the k-means++ start's seed")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward (default: %(default)s)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs (MODEL.WEIGHTS ...)")
     args = parser.parse_args(argv)
 
@@ -64,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_fiber_config(args.config_file, args.opts)
         cfg.freeze()
-        image_ids, embeddings = embed_training_images(cfg)
+        image_ids, embeddings = embed_training_images(cfg, args.batch_size)
         clusters = spherical_kmeans(embeddings, args.num_clusters, cfg.SOLVER.IMS_PER_BATCH, seed=args.seed)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"cluster_images: {error}", file=sys.stderr)

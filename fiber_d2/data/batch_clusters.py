@@ -71,7 +71,8 @@ def write_batch_clusters(path: str, image_ids: Sequence, cluster_ids: Sequence[i
 def load_batch_cluster_ids(path: str, records: Sequence[dict], batch_size: int) -> list[int]:
     """The cluster of each record, by its image_id, from the JSON file at `path`, as consecutive group ids.
     Raises DatasetFormatError, one line naming the file and the record or cluster, when a record has no cluster, a
-    cluster holds fewer than `batch_size` records (its batch could never fill) or the file is not such JSON."""
+    cluster holds fewer than `batch_size` records (its batches would hold an image twice, a false negative) or the
+    file is not such JSON."""
     try:
         with open(os.path.expandvars(path)) as f:
             table = json.load(f)
@@ -96,6 +97,6 @@ def load_batch_cluster_ids(path: str, records: Sequence[dict], batch_size: int) 
         small = names[int(sizes.argmin())]
         raise DatasetFormatError(
             f"DATALOADER.BATCH_CLUSTERS {path!r}: cluster {small!r} holds {int(sizes.min())} training records, fewer "
-            f"than the {batch_size} of a batch per process, so it could never fill one"
+            f"than the {batch_size} of a batch per process, so its batches would hold an image twice"
         )
     return ids
