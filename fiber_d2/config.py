@@ -102,6 +102,10 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.SWIN.WEIGHTS = ""
     # Skip the shift where a stage fits in one window (timm's classification Swin, FIBER's coarse stage).
     cfg.MODEL.FIBER.SWIN.UNSHIFT_SINGLE_WINDOW = False
+    # Absolute position embedding (Swin's `ape`; off in FIBER): G > 0 adds a learnable [C, G, G] grid to the patch
+    # embeddings, resized to each image's token grid (G = S / 4 matches S-px images). Without it the image tokens
+    # hardly know where they are, which words such as "left of" need. 0: off.
+    cfg.MODEL.FIBER.SWIN.APE_GRID = 0
 
     cfg.MODEL.FIBER.TEXT = CN()
     # Local Hugging Face RoBERTa directory (config.json + weights); "" = random init from the sizes below.

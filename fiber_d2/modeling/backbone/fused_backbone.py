@@ -90,6 +90,7 @@ class FiberBackbone(Backbone):
             i2t_query_norm=fiber.FUSION.VERSION == "v3",
             out_features=fiber.SWIN.OUT_FEATURES,
             unshift_single_window=fiber.SWIN.UNSHIFT_SINGLE_WINDOW,
+            ape_grid=fiber.SWIN.APE_GRID,
         )
         if fiber.SWIN.WEIGHTS:
             load_swin_weights(image_encoder, fiber.SWIN.WEIGHTS)

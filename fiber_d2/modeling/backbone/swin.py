@@ -159,6 +159,7 @@ class SwinBlock(nn.Module):
         text_dim: int | None = None,
         i2t_query_norm: bool = False,
         unshift_single_window: bool = False,
+        ape_grid: int = 0,
     ):
         super().__init__()
         self.window_size = window_size
@@ -249,6 +250,8 @@ class SwinTransformer(nn.Module):
         out_features: stage outputs to return ("res2".."res5", strides 4..32), each after its own LayerNorm.
         unshift_single_window: skip the shift where a stage's grid fits in one window (timm's classification Swin,
             which FIBER's coarse stage uses); the detection Swin always shifts odd blocks.
+        ape_grid: G > 0 adds Swin's absolute position embedding (`ape`, off in FIBER): a learnable [C, G, G] grid
+            added to the patch embeddings, resized (bicubic) to each image's token grid. 0: none.
     """
 
     def __init__(
@@ -265,6 +268,7 @@ class SwinTransformer(nn.Module):
         i2t_query_norm: bool = False,
         out_features: Sequence[str] = ("res3", "res4", "res5"),
         unshift_single_window: bool = False,
+        ape_grid: int = 0,
     ):
         super().__init__()
         if len(depths) != len(num_heads):
@@ -284,6 +288,10 @@ class SwinTransformer(nn.Module):
         self.out_features = [name for name in self.stage_names if name in out_features]
 
         self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
+        self.absolute_pos_embed = None
+        if ape_grid > 0:
+            grid = torch.zeros(1, embed_dim, ape_grid, ape_grid)
+            self.absolute_pos_embed = nn.Parameter(trunc_normal_(grid, std=0.02))
         drop_path = torch.linspace(0, drop_path_rate, total).tolist()
         first_fused = total - fused_blocks
         layers, index = [], 0
@@ -327,6 +335,11 @@ class SwinTransformer(nn.Module):
         if images.dim() != 4 or images.shape[1] != self.patch_embed.proj.in_channels:
             raise ValueError(f"images must be [batch, 3, height, width], got {tuple(images.shape)}")
         tokens, size = self.patch_embed(images)
+        if self.absolute_pos_embed is not None:
+            grid = self.absolute_pos_embed
+            if tuple(grid.shape[-2:]) != size:
+                grid = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
+            tokens = tokens + grid.flatten(2).transpose(1, 2)
         return self._enter_stage(tokens, size, stage=0, outputs={})
 
     def step(
