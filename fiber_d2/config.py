@@ -247,6 +247,9 @@ def _add_coarse_config(cfg: CN) -> None:
     # picks its image among itself and K hard negative images (drawn as ITM's, without replacement) by the ITM
     # log-odds, the ranking that ITM re-ranking does at test time. 0: off.
     cfg.MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES = 0
+    # True: with INPUT.COARSE.ITM_SWAP_WORDS, each training image's ITC (image-to-text) softmax also holds its
+    # process's captions with a word swapped, as extra negatives (NegCLIP; not in FIBER). False: ITM only.
+    cfg.MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES = False
     # Pooled text feature: "first" (the <s> token, FIBER) or "mean" (of the real tokens; for a text encoder trained
     # from scratch, whose <s> output carries almost nothing about the caption at init).
     cfg.MODEL.FIBER.COARSE.TEXT_POOLING = "first"

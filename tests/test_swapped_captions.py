@@ -1,7 +1,8 @@
-"""ITM negatives by word swaps (INPUT.COARSE.ITM_SWAP_WORDS): the swap itself, the mapper's `swap_input_ids` and the
-extra ITM pairs of FiberCoarseModel."""
+"""Negatives by word swaps (INPUT.COARSE.ITM_SWAP_WORDS): the swap itself, the mapper's `swap_input_ids`, the extra
+ITM pairs of FiberCoarseModel and, with MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES, its extra ITC columns."""
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
 from fiber_d2.data.swapped_captions import check_swap_groups, swap_one_word
 from fiber_d2.data.tokenizer import load_tokenizer
+from fiber_d2.modeling.coarse.losses import itc_loss
 from micro_configs import micro_coarse_cfg
 
 GROUPS = [["red", "orange", "blue"], ["circle", "square", "star"]]
@@ -105,3 +107,47 @@ def test_itm_scores_each_swapped_caption_against_its_own_image_as_a_negative(tok
     del batch[0]["swap_input_ids"], batch[2]["swap_input_ids"]
     model(batch)
     assert len(pairs["images"]) == 9  # without swaps: FIBER's 3B pairs
+
+
+def test_itc_loss_scores_each_image_against_the_extra_negative_texts_too():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    negative = torch.tensor([[0.6, 0.8]])
+    loss, i2t, t2i = itc_loss(image, text, torch.tensor(1.0), negative_text=negative)
+    torch.testing.assert_close(i2t, torch.tensor([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]]))
+    assert t2i.shape == (2, 2)  # the negatives have no image: text-to-image is unchanged
+    i2t_loss = (-math.log(math.e / (math.e + 1 + math.exp(0.6))) - math.log(math.e / (math.e + 1 + math.exp(0.8)))) / 2
+    t2i_loss = -math.log(math.e / (math.e + 1))
+    assert loss.item() == pytest.approx((i2t_loss + t2i_loss) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("itc_swaps", [False, True])
+def test_itc_adds_the_swapped_captions_as_image_to_text_negatives_only_when_asked(tokenizer_dir, itc_swaps):
+    cfg = coarse_cfg(tokenizer_dir, GROUPS)
+    cfg.MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES = itc_swaps
+    cfg.MODEL.FIBER.COARSE.OBJECTIVES = ("itc",)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for module in model.modules():  # the training path, without dropout or drop path: values are reproducible
+        module.train(module is model)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    captions = [("a red circle", "a red star"), ("a blue square", None), ("a green star", "a green circle")]
+    batch = [
+        {"image": torch.randint(0, 256, (3, 64, 64), generator=torch.Generator().manual_seed(i), dtype=torch.uint8),
+         "image_id": i, "input_ids": torch.tensor(tokenizer(caption)["input_ids"])}
+        for i, (caption, _) in enumerate(captions)
+    ]
+    for x, (_, swap) in zip(batch, captions):
+        if swap:
+            x["swap_input_ids"] = torch.tensor(tokenizer(swap)["input_ids"])
+    loss = model(batch)["loss_itc"]
+    with torch.no_grad():
+        images = model.image_embeddings(model.preprocess_images(batch))
+        texts = model.text_embeddings(*model.pad_texts([x["input_ids"] for x in batch]))
+        swaps = model.text_embeddings(*model.pad_texts([batch[0]["swap_input_ids"], batch[2]["swap_input_ids"]]))
+    columns = torch.cat([texts, swaps]) if itc_swaps else texts
+    temperature = model.heads.clamped_temperature().detach()
+    targets = torch.arange(3)
+    expected = (F.cross_entropy(images @ columns.T / temperature, targets)
+                + F.cross_entropy(texts @ images.T / temperature, targets)) / 2
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)

@@ -52,18 +52,23 @@ def itc_loss(
     text: torch.Tensor,
     temperature: torch.Tensor,
     queue: FeatureQueue | None = None,
+    negative_text: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE over the batch gathered from all processes, plus the queue's rows as extra negatives.
 
-    image, text: L2-normalised [B, D] of this process (row i of each is a positive pair). Returns (loss, i2t
-    similarities [B, B_all + Q], t2i similarities [B, B_all + Q]) of this process's rows (scaled by 1/temperature).
-    loss = (CE(i2t, targets) + CE(t2i, targets)) / 2, the target of local row i being column rank * B + i.
+    image, text: L2-normalised [B, D] of this process (row i of each is a positive pair). negative_text: [S, D] more
+    text columns for this process's images only (NegCLIP: captions with a word swapped), with gradient. Returns
+    (loss, i2t similarities [B, B_all + Q + S], t2i similarities [B, B_all + Q]) of this process's rows (scaled by
+    1/temperature). loss = (CE(i2t, targets) + CE(t2i, targets)) / 2, the target of local row i being column
+    rank * B + i.
     """
     all_image, all_text = gather_with_grad(image), gather_with_grad(text)
     if queue is not None:
         queued_image, queued_text = queue.contents()
         all_image = torch.cat([all_image, queued_image.to(image.dtype)])
         all_text = torch.cat([all_text, queued_text.to(text.dtype)])
+    if negative_text is not None:
+        all_text = torch.cat([all_text, negative_text])
     i2t = image @ all_text.T / temperature
     t2i = text @ all_image.T / temperature
     targets = torch.arange(len(image), device=image.device) + comm.get_rank() * len(image)

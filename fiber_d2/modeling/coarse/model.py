@@ -2,7 +2,9 @@
 
 Training (inputs from `CoarseDatasetMapper`, task "pretrain": `image` [3, S, S], `image_id`, `input_ids` [T],
 `mlm_input_ids` [T], `mlm_labels` [T]) returns the enabled objectives (MODEL.FIBER.COARSE.OBJECTIVES):
-  loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue);
+  loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue; with
+            MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES, each image is also scored against its process's captions with a
+            word swapped, NegCLIP's hard negatives);
   loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE (and,
             with INPUT.COARSE.ITM_SWAP_WORDS, (image, its caption with one word swapped) negatives); the hard
             negatives are drawn from the batch and, with MODEL.FIBER.COARSE.ITM_QUEUE_SIZE, earlier pairs
@@ -63,6 +65,7 @@ class FiberCoarseModel(CoarseModelBase):
         queue_size: int = 0,
         itm_queue_size: int = 0,
         itm_rank_negatives: int = 0,
+        itc_swap_negatives: bool = False,
         fused_image_norm: bool = False,
     ) -> None:
         super().__init__(backbone, heads, pixel_mean, pixel_std, pad_token_id, fused_image_norm=fused_image_norm)
@@ -75,6 +78,7 @@ class FiberCoarseModel(CoarseModelBase):
         if itm_rank_negatives < 0:
             raise ValueError(f"MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES must be >= 0, got {itm_rank_negatives}")
         self.itm_rank_negatives = itm_rank_negatives
+        self.itc_swap_negatives = itc_swap_negatives
         self.itm_generator: torch.Generator | None = None  # draws the ITM negatives (None: torch's global RNG)
         if heads.vqa is not None:
             self.freeze_unused([heads.vqa])
@@ -103,6 +107,7 @@ class FiberCoarseModel(CoarseModelBase):
             "queue_size": coarse.ITC_QUEUE_SIZE,
             "itm_queue_size": coarse.ITM_QUEUE_SIZE,
             "itm_rank_negatives": coarse.ITM_RANK_NEGATIVES,
+            "itc_swap_negatives": coarse.ITC_SWAP_NEGATIVES,
             "fused_image_norm": coarse.FUSED_IMAGE_NORM,
         }
 
@@ -183,12 +188,27 @@ class FiberCoarseModel(CoarseModelBase):
             text = self.backbone.finish_text_unfused(text_lower)
             image_embedding = self.heads.itc_image_embedding(self.unfused_image_tokens(features))
             text_embedding = self.heads.itc_text_embedding(text, mask)
+            swapped = [i for i, x in enumerate(batched_inputs) if x.get("swap_input_ids") is not None]
+            swap_lower = None
+            if swapped and ("itm" in self.objectives or self.itc_swap_negatives):  # negatives for ITM (and ITC)
+                swap_ids, swap_mask = self.pad_texts([batched_inputs[i]["swap_input_ids"] for i in swapped])
+                swap_lower = self.backbone.encode_text_lower(swap_ids, swap_mask)
             if "itc" in self.objectives:
                 queue = self.queue if self.queue.size else None
-                losses["loss_itc"], _, _ = itc_loss(image_embedding, text_embedding, self.heads.clamped_temperature(), queue)
+                swap_embedding = None
+                if self.itc_swap_negatives and swap_lower is not None:
+                    swap_text = self.backbone.finish_text_unfused(swap_lower)
+                    swap_embedding = self.heads.itc_text_embedding(swap_text, swap_lower.attention_mask)
+                losses["loss_itc"], _, _ = itc_loss(
+                    image_embedding, text_embedding, self.heads.clamped_temperature(), queue, swap_embedding
+                )
                 self.queue.push(gather_with_grad(image_embedding.detach()), gather_with_grad(text_embedding.detach()))
             if "itm" in self.objectives:
-                losses.update(self._itm_losses(batched_inputs, image_lower, text_lower, image_embedding, text_embedding))
+                losses.update(
+                    self._itm_losses(
+                        batched_inputs, image_lower, text_lower, image_embedding, text_embedding, swapped, swap_lower
+                    )
+                )
 
         if "mlm" in self.objectives:
             missing = [i for i, x in enumerate(batched_inputs) if "mlm_input_ids" not in x]
@@ -207,10 +227,12 @@ class FiberCoarseModel(CoarseModelBase):
         text_lower: TextState,
         image_embedding: torch.Tensor,
         text_embedding: torch.Tensor,
+        swapped: Sequence[int] = (),
+        swap_lower: TextState | None = None,
     ) -> dict[str, torch.Tensor]:
         """loss_itm: CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused; plus,
-        for the inputs with `swap_input_ids` (INPUT.COARSE.ITM_SWAP_WORDS), the negatives (image, its caption with a
-        word swapped). With MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES K, loss_itm_rank: each text picks its image among
+        for the inputs `swapped` (those with `swap_input_ids`, INPUT.COARSE.ITM_SWAP_WORDS; `swap_lower` their
+        captions' lower text state), the negatives (image, its caption with a word swapped). With MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES K, loss_itm_rank: each text picks its image among
         1 + K (`ranking_loss`), the first of its K negatives being its ITM negative image. The negatives are drawn
         from the batch and the ITM queue, whose drawn pairs run their lower parts again (without gradient); the batch
         then joins the queue."""
@@ -244,11 +266,9 @@ class FiberCoarseModel(CoarseModelBase):
         everyone = torch.arange(batch, device=self.device)
         image_index = torch.cat([everyone, everyone, negative_images])
         text_index = torch.cat([everyone, negative_texts, everyone])
-        swapped = [i for i, x in enumerate(batched_inputs) if x.get("swap_input_ids") is not None]
-        if swapped:  # the swapped captions' lower part, appended to the texts' (rows N, N + 1, ...)
+        if swap_lower is not None:  # the swapped captions' lower part, appended to the texts' (rows N, N + 1, ...)
             rows = len(text_lower.hidden)
-            input_ids, mask = self.pad_texts([batched_inputs[i]["swap_input_ids"] for i in swapped])
-            text_lower = pad_text_states([text_lower, self.backbone.encode_text_lower(input_ids, mask)])
+            text_lower = pad_text_states([text_lower, swap_lower])
             image_index = torch.cat([image_index, torch.tensor(swapped, device=self.device)])
             text_index = torch.cat([text_index, torch.arange(rows, rows + len(swapped), device=self.device)])
         itm_pairs = len(image_index)
