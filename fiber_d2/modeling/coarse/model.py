@@ -232,8 +232,9 @@ class FiberCoarseModel(CoarseModelBase):
     ) -> dict[str, torch.Tensor]:
         """loss_itm: CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused; plus,
         for the inputs `swapped` (those with `swap_input_ids`, INPUT.COARSE.ITM_SWAP_WORDS; `swap_lower` their
-        captions' lower text state), the negatives (image, its caption with a word swapped). With MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES K, loss_itm_rank: each text picks its image among
-        1 + K (`ranking_loss`), the first of its K negatives being its ITM negative image. The negatives are drawn
+        captions' lower text state), the negatives (image, its caption with a word swapped). With
+        MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES K, loss_itm_rank: each text picks its image among 1 + K
+        (`ranking_loss`), the first of its K negatives being its ITM negative image. The negatives are drawn
         from the batch and the ITM queue, whose drawn pairs run their lower parts again (without gradient); the batch
         then joins the queue."""
         batch = len(batched_inputs)
