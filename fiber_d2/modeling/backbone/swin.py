@@ -159,7 +159,6 @@ class SwinBlock(nn.Module):
         text_dim: int | None = None,
         i2t_query_norm: bool = False,
         unshift_single_window: bool = False,
-        ape_grid: int = 0,
     ):
         super().__init__()
         self.window_size = window_size
