@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from torch import nn
 
-from fiber_d2.benchmark import backbone, dcn, latency, lvis, throughput, train
+from fiber_d2.benchmark import backbone, dcn, launches, latency, lvis, throughput, train
 from fiber_d2.benchmark.common import BenchmarkError, load_config
 from fiber_d2.benchmark.flops import count_flops, flop_analysis
 from fiber_d2.benchmark.meter import MeterBaseline, MeterFusion
@@ -335,6 +335,35 @@ def test_latency_rows_are_consistent():
     assert summary["queries"] == 30 and summary["gdino_layers"] == 2
 
 
+def test_launch_counts_count_calls_from_python_and_host_reads():
+    x = torch.ones(4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            y = (x + 1) * 2  # add (lifting the 1 runs inside it) and mul
+            y.sum().item()  # sum, and item with its host read inside
+            torch.nonzero(x)  # a host read of its own
+    assert launches.launch_counts(prof.events(), 2) == {
+        "ops_per_forward": 5.0, "host_reads_per_forward": 2.0, "device_events_per_forward": None}
+
+
+def test_launches_rows_are_consistent():
+    rows = run_rows(launches, "--size", "64x96", "--repeats", "2", "--warmup", "1", "--threads", "1", "--device",
+                    "cpu", "--top", "4")
+    assert [row["dtype"] for row in rows] == ["fp32", "bf16"]
+    for row in rows:
+        assert row["bench"] == "launches" and row["model"] == "fiber_tiny_grounding" and row["device"] == "cpu"
+        assert row["size"] == "64x96" and row["forwards"] == 2 and row["chunks"] == 1
+        assert row["device_events_per_forward"] is None  # no CUDA events on CPU
+        # every forward dispatches the same operators, so the per-forward counts are whole numbers
+        assert row["ops_per_forward"] > 1000 and row["ops_per_forward"] == int(row["ops_per_forward"])
+        assert row["host_reads_per_forward"] > 0 and row["host_reads_per_forward"] == int(row["host_reads_per_forward"])
+        assert len(row["top"]) == 4 and all(calls > 0 for _, _, calls in row["top"])
+        assert [ms for _, ms, _ in row["top"]] == sorted((ms for _, ms, _ in row["top"]), reverse=True)
+    # CPU autocast casts inside the operators it wraps: bf16 calls the same operators from Python as fp32
+    assert rows[0]["ops_per_forward"] == rows[1]["ops_per_forward"]
+    assert rows[0]["host_reads_per_forward"] == rows[1]["host_reads_per_forward"]
+
+
 @pytest.fixture(scope="module")
 def shapes_datasets(tmp_path_factory):
     """A tiny FIBER-Shapes set registered under a fresh prefix: (prefix, its tokenizer directory)."""
@@ -439,14 +468,19 @@ def test_gpu_script_runs_every_gpu_row_and_counts_failures(tmp_path):
     env = dict(os.environ, PYTHON=str(fake), SMOKE="1", DETECTRON2_DATASETS=str(tmp_path / "datasets"))
     proc = subprocess.run(["bash", str(REPO / "tools" / "gpu_benchmarks.sh"), str(out)], env=env, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 2, proc.stdout + proc.stderr  # the two lvis runs
-    assert "lvis_fp32 failed: lvis broke" in proc.stdout and "2 failed" in proc.stdout
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # the three lvis runs
+    assert "lvis_fp32 failed: lvis broke" in proc.stdout and "3 failed" in proc.stdout
     lines = calls.read_text().splitlines()
-    assert [line.split()[1] for line in lines] == ["latency", "lvis", "lvis", "train", "train", "train", "train"]
+    assert [line.split()[1] for line in lines] == [
+        "latency", "launches", "lvis", "lvis", "lvis", "train", "train", "train", "train"]
     assert all(line.split()[0] == "tools/benchmark.py" and "--device cpu" in line for line in lines)
     assert "--size 64x96" in lines[0] and "--dtypes fp32,bf16" in lines[0] and "coco_zeroshot.yaml" in lines[0]
-    assert lines[2].endswith("MODEL.FIBER.INFERENCE_DTYPE bfloat16") and "--amp" in lines[4] and "--amp" in lines[6]
-    assert "fine_pretrain_goldg_o365.yaml" in lines[5] and "SOLVER.IMS_PER_BATCH 2" in lines[5]
-    names = ["latency_fiber_b", "train_tiny_fp32", "train_tiny_amp", "train_fiber_b_fp32", "train_fiber_b_amp"]
+    assert "coco_zeroshot.yaml" in lines[1] and "--dtypes fp32,bf16" in lines[1] and "--repeats 1" in lines[1]
+    assert lines[3].endswith("MODEL.FIBER.INFERENCE_DTYPE bfloat16") and "--chunk-batch" not in lines[3]
+    assert lines[4].endswith("MODEL.FIBER.INFERENCE_DTYPE bfloat16") and "--chunk-batch 8" in lines[4]
+    assert "--amp" in lines[6] and "--amp" in lines[8] and "--amp" not in lines[5] + lines[7]
+    assert "fine_pretrain_goldg_o365.yaml" in lines[7] and "SOLVER.IMS_PER_BATCH 2" in lines[7]
+    names = ["latency_fiber_b", "launches_fiber_b", "train_tiny_fp32", "train_tiny_amp", "train_fiber_b_fp32",
+             "train_fiber_b_amp"]
     for name in names:
         assert (out / f"{name}.jsonl").read_text() == '{"bench": "x"}\n'

@@ -6,6 +6,7 @@
     python tools/benchmark.py lvis --num-chunks 3 --repeats 1   # FIBER-B at 800x1333, LVIS names in chunks of 40
     python tools/benchmark.py throughput        # FIBER-tiny grounding detector: images/s in batches of 1 and 4
     python tools/benchmark.py latency           # FIBER-tiny vs Grounding DINO of the same size, fp32 and bf16
+    python tools/benchmark.py launches          # operators, kernels and host reads per FIBER-tiny forward
     python tools/benchmark.py train             # FIBER-tiny training step on FIBER-Shapes, with and without loading
 
 The benchmarks live in fiber_d2/benchmark/ (one module each); docs/BENCHMARKS.md describes their rows.
@@ -20,7 +21,7 @@ import sys
 import time
 from typing import Sequence
 
-from fiber_d2.benchmark import backbone, dcn, latency, lvis, throughput, train
+from fiber_d2.benchmark import backbone, dcn, launches, latency, lvis, throughput, train
 from fiber_d2.benchmark.common import BenchmarkError
 from fiber_d2.config import ConfigError
 from fiber_d2.data import PromptError
@@ -31,7 +32,7 @@ from fiber_d2.engine.cli import error_line
 PROG = "benchmark.py"
 # Bad input (options, config, dataset files): one line naming what and where, no traceback.
 ONE_LINE_ERRORS = (BenchmarkError, ConfigError, FileNotFoundError, DatasetFormatError, ImageError, PromptError)
-MODULES = (backbone, dcn, lvis, throughput, latency, train)
+MODULES = (backbone, dcn, lvis, throughput, latency, launches, train)
 BENCHMARKS = {module.__name__.rsplit(".", 1)[-1]: module for module in MODULES}
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU rows of docs/BENCHMARKS.md (GPU speed: inference precision, LVIS, training throughput, FIBER-B training step
-# and memory) in one run, each benchmark's JSON rows in OUT/<name>.jsonl and its log in OUT/<name>.log.
+# The GPU rows of docs/BENCHMARKS.md (GPU speed: inference precision, launches per forward, LVIS, training throughput,
+# FIBER-B training step and memory) in one run, each benchmark's JSON rows in OUT/<name>.jsonl and its log in
+# OUT/<name>.log.
 #
-#   tools/gpu_benchmarks.sh [OUT]            # default OUT: output/benchmarks/gpu; about 6 minutes on one H200
+#   tools/gpu_benchmarks.sh [OUT]            # default OUT: output/benchmarks/gpu; not yet run on a GPU
 #   SMOKE=1 tools/gpu_benchmarks.sh [OUT]    # the same commands on the CPU at tiny sizes, to rehearse the script
 #
 # PYTHON (default: python) runs tools/benchmark.py; FIBER-Shapes is generated under $DETECTRON2_DATASETS (default
@@ -23,10 +24,12 @@ fi
 
 fiber_b=configs/fiber_b/coco_zeroshot.yaml
 if [ "${SMOKE:-0}" = 1 ]; then
-    device=cpu size=64x96 min_size=64 max_size=96 repeats=1 warmup=0 iters=1 train_warmup=0 tiny_batch=2 workers=0
+    device=cpu size=64x96 min_size=64 max_size=96 repeats=1 profiled=1 warmup=0 iters=1 train_warmup=0 tiny_batch=2
+    workers=0
     lvis_extra=(--num-chunks 2 --repeats 1 --warmup 0 --threads 1) latency_extra=(--queries 30 --gdino-layers 2 --threads 1)
 else
-    device=cuda size=800x1333 min_size=800 max_size=1333 repeats=20 warmup=5 iters=20 train_warmup=10 tiny_batch=64
+    device=cuda size=800x1333 min_size=800 max_size=1333 repeats=20 profiled=3 warmup=5 iters=20 train_warmup=10
+    tiny_batch=64
     workers=12 lvis_extra=(--repeats 3 --warmup 1) latency_extra=()
 fi
 # FIBER-B trained on FIBER-Shapes images resized as the fine stage's (random weights, the FIBER-Shapes tokenizer).
@@ -49,8 +52,12 @@ bench() {  # bench NAME BENCHMARK ARGS...: one benchmark, rows appended to OUT/N
 
 bench latency_fiber_b latency --config-file "$fiber_b" --size "$size" --dtypes fp32,bf16 --repeats "$repeats" \
     --warmup "$warmup" --device "$device" "${latency_extra[@]}"
+bench launches_fiber_b launches --config-file "$fiber_b" --size "$size" --dtypes fp32,bf16 --repeats "$profiled" \
+    --warmup "$warmup" --device "$device" --top 25
 bench lvis_fp32 lvis --size "$size" --device "$device" "${lvis_extra[@]}"
 bench lvis_bf16 lvis --size "$size" --device "$device" "${lvis_extra[@]}" \
+    --opts MODEL.FIBER.INFERENCE_DTYPE bfloat16
+bench lvis_bf16_batch8 lvis --size "$size" --device "$device" "${lvis_extra[@]}" --chunk-batch 8 \
     --opts MODEL.FIBER.INFERENCE_DTYPE bfloat16
 bench train_tiny_fp32 train --iters "$iters" --warmup "$train_warmup" --device "$device" "${tiny_train[@]}"
 bench train_tiny_amp train --amp --iters "$iters" --warmup "$train_warmup" --device "$device" "${tiny_train[@]}"
