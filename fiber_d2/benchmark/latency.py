@@ -16,6 +16,7 @@ from detectron2.structures import ImageList
 from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
 
 from ..data.prompts import PromptChunk
+from ..engine.predictor import FiberPredictor
 from .common import (
     Emit,
     add_run_options,
@@ -121,6 +122,16 @@ def under_autocast(device: torch.device, dtype_name: str, call: Callable[[], obj
     return run_call
 
 
+def detector_inputs(predictor: FiberPredictor, names: list[str], size: tuple[int, int], batch: int,
+                    generator: torch.Generator) -> tuple[list[PromptChunk], list[dict]]:
+    """(the prompt chunks of `names`, `batch` copies of one random uint8 image of `size` (height, width) drawn from
+    `generator`, prompted with them): the inputs of `predictor.model` in the detector benchmarks."""
+    chunks = predictor.prompt_chunks(names)
+    height, width = size
+    image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+    return chunks, [{"image": image, "height": height, "width": width, "prompts": chunks}] * batch
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     """The number of parameters (weights) of a model."""
     return sum(parameter.numel() for parameter in model.parameters())
@@ -135,11 +146,9 @@ def run(args: argparse.Namespace, emit: Emit) -> None:
     cfg = load_config(args.config_file, args.opts, args.device)
     predictor, names, tokenizer_name = shapes_predictor(cfg, args.names_tokenizer)
     model = predictor.model
-    chunks = predictor.prompt_chunks(names)
     generator = torch.Generator().manual_seed(args.seed)
     height, width = args.size
-    image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
-    inputs = [{"image": image, "height": height, "width": width, "prompts": chunks}] * args.batch
+    chunks, inputs = detector_inputs(predictor, names, args.size, args.batch, generator)
     images: ImageList = model.preprocess_image(inputs)
     prompts = [model.pad_prompts([chunk.input_ids] * args.batch) for chunk in chunks]  # per chunk: ids, mask [B, T]
     gdino = GroundingDinoForObjectDetection(grounding_dino_config(cfg, args.queries, args.gdino_layers))

@@ -25,7 +25,7 @@ from .common import (
     set_threads,
     synchronize,
 )
-from .latency import DEFAULT_CONFIG, parse_dtypes, under_autocast
+from .latency import DEFAULT_CONFIG, detector_inputs, parse_dtypes, under_autocast
 from .vocabularies import shapes_predictor
 
 HELP = "operators, device kernels and host reads per detector forward (torch.profiler), fp32 and bf16"
@@ -87,11 +87,8 @@ def run(args: argparse.Namespace, emit: Emit) -> None:
     cfg = load_config(args.config_file, args.opts, args.device)
     predictor, names, _ = shapes_predictor(cfg, False)
     model = predictor.model
-    chunks = predictor.prompt_chunks(names)
     height, width = args.size
-    image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(args.seed),
-                          dtype=torch.uint8)
-    inputs = [{"image": image, "height": height, "width": width, "prompts": chunks}]
+    chunks, inputs = detector_inputs(predictor, names, args.size, 1, torch.Generator().manual_seed(args.seed))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     common = {"bench": "launches", "model": Path(args.config_file).stem, "size": f"{height}x{width}",
               "device": device.type, "threads": threads, "forwards": args.repeats, "chunks": len(chunks),
