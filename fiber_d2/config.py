@@ -62,6 +62,18 @@ def add_fiber_config(cfg: CN) -> None:
     # lowered image-to-text recall and did not raise text-to-image recall (docs/EXPERIMENTS.md).
     cfg.DATALOADER.BATCH_CLUSTERS = ""
 
+    # Detector training: > 0 groups each batch by padded size instead of by orientation (ASPECT_RATIO_GROUPING): the
+    # sampler draws each image's shortest edge from INPUT.MIN_SIZE_TRAIN (as the resize would) and a batch holds
+    # images whose resized height and width, rounded up to this many pixels (the backbone's size divisibility, 32 for
+    # Swin), are equal, so a batch is padded only to that multiple (fiber_d2/data/size_groups.py; not in FIBER, whose
+    # batches are padded to their largest image). 0: off.
+    cfg.DATALOADER.SIZE_GROUPING = 0
+
+    # CPU processes of train_net.py, tools/zoo_demo.py and `tools/benchmark.py train`: glibc's malloc keeps freed
+    # memory for later tensors instead of returning it to the system (fiber_d2/engine/allocator.py), so large
+    # temporaries do not page-fault on every step; as jemalloc/tcmalloc would. Like CUDNN_BENCHMARK, a process setting.
+    cfg.KEEP_FREED_CPU_MEMORY = True
+
     # On a horizontal flip, swap "left"/"right" in grounding captions (spans kept right); False: never flip those.
     cfg.INPUT.FLIP_SWAP_LEFT_RIGHT = True
 

@@ -98,7 +98,7 @@ def test_every_batch_holds_one_cluster_and_resumes():
 
 
 def test_groups_and_aspect_grouping_exclude_each_other():
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="at most one of group_ids, aspect_ratio_grouping and size_groups"):
         ResumableTrainLoader([{"width": 2, "height": 1}], lambda r: r, 1, True, 0, seed=0, group_ids=[0])
 
 

@@ -1,6 +1,7 @@
 """GroundingDatasetMapper, the grounding loaders and load_tokenizer on a hand-made record set (two tiny images)."""
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 
@@ -124,6 +125,15 @@ def test_training_output_of_a_grounding_record(data):
     assert instances.gt_positive_map.dtype == torch.bool and instances.gt_positive_map.shape == (2, 10)
     assert token_sets(instances.gt_positive_map) == [{1, 2, 3, 4}, {5, 6, 7, 8}]
     assert "source_dataset" in record and "caption" in record and "instances" not in record  # record untouched
+
+
+def test_training_short_edge_given_by_the_sampler(data):
+    mapper = GroundingDatasetMapper(make_cfg(data, **{"INPUT.MAX_SIZE_TRAIN": 50}), True)
+    record = records(data, "grounding")[0]  # 40 x 60
+    out = mapper(record, short_edge=30)
+    assert out["image"].shape == (3, 30, 45) and out["instances"].image_size == (30, 45)
+    assert out["instances"].gt_boxes.tensor.tolist()[0] == [7.5, 3.0, 22.5, 15.0]  # XYXY (10, 4, 30, 20) x 0.75
+    assert mapper(record, short_edge=40)["image"].shape == (3, 33, 50)  # the longest side capped at MAX_SIZE_TRAIN
 
 
 def test_training_flip_mirrors_boxes_and_swaps_left_right(data, monkeypatch):
@@ -262,6 +272,11 @@ def test_loaders(data):
     cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
     batch = next(iter(build_grounding_train_loader(cfg)))
     assert len(batch) == 2 and all("input_ids" in x and "instances" in x for x in batch)
+    cfg.INPUT.MIN_SIZE_TRAIN = (20, 30)
+    cfg.DATALOADER.SIZE_GROUPING = 16
+    for batch in itertools.islice(build_grounding_train_loader(cfg), 6):  # one padded size per batch
+        assert len({tuple(-(-side // 16) for side in x["image"].shape[1:]) for x in batch}) == 1
+        assert {min(x["image"].shape[1:]) for x in batch} <= {20, 30}
     outputs = list(build_grounding_test_loader(cfg, data["names"]["detection"]))
     assert [len(batch) for batch in outputs] == [1, 1]
     assert [x[0]["image_id"] for x in outputs] == [1, 2] and all(len(x[0]["prompts"]) == 2 for x in outputs)

@@ -17,6 +17,7 @@ from .coarse_mapper import CoarseDatasetMapper
 from .grounding_mapper import GroundingDatasetMapper
 from .image_io import check_image_files
 from .resumable_loader import ResumableTrainLoader
+from .size_groups import SizeGroups
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,17 @@ def build_grounding_train_loader(cfg: CfgNode) -> ResumableTrainLoader:
     position goes into checkpoints (ResumableTrainLoader). A missing or empty image file raises or is skipped now
     (DATASETS.ON_BAD_RECORD), not when the sampler reaches it."""
     dataset = load_grounding_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    dataset = check_image_files(dataset, cfg.DATASETS.ON_BAD_RECORD)
+    size_groups = None
+    if cfg.DATALOADER.SIZE_GROUPING > 0:
+        size_groups = SizeGroups.for_records(dataset, cfg.INPUT, cfg.DATALOADER.SIZE_GROUPING)
     return ResumableTrainLoader(
-        check_image_files(dataset, cfg.DATASETS.ON_BAD_RECORD),
+        dataset,
         GroundingDatasetMapper(cfg, True),
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING and size_groups is None,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        size_groups=size_groups,
     )
 
 

@@ -194,7 +194,9 @@ class GroundingDatasetMapper:
 
     # ----- the mapping -----
 
-    def __call__(self, dataset_dict: dict) -> dict | None:
+    def __call__(self, dataset_dict: dict, short_edge: int | None = None) -> dict | None:
+        """One record's model input; `short_edge` (training, DATALOADER.SIZE_GROUPING) replaces the shortest edge
+        the resize augmentation would draw."""
         record = dict(dataset_dict)  # read_record_image may add width/height; nothing nested is modified
         where = self._where(record)
         if not self.is_train and not self.horizontal_flip:
@@ -205,7 +207,12 @@ class GroundingDatasetMapper:
             return None
         is_grounding = "caption" in record
 
-        resize = self.resize.get_transform(image)
+        if short_edge is None:
+            resize = self.resize.get_transform(image)
+        else:
+            height, width = image.shape[:2]
+            shape = T.ResizeShortestEdge.get_output_shape(height, width, short_edge, self.resize.max_size)
+            resize = T.ResizeTransform(height, width, *shape, self.resize.interp)
         image = resize.apply_image(image)
         transforms = [resize]
         flip = self.horizontal_flip and random.random() < 0.5
