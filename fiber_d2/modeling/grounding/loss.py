@@ -50,20 +50,40 @@ def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
     return total[0] / world_size
 
 
+class _TokenFocalLoss(torch.autograd.Function):
+    """The summed focal loss and its gradient in one pass each over [B, A, T] (`token_focal_loss`): with z = logit
+    (target 1) or -logit (target 0) and p = sigmoid(-z), the term is w p^gamma softplus(-z), and its derivative in z
+    is -w p^gamma (gamma (1 - p) softplus(-z) + p). softplus(-z) = relu(-z) - log(max(p, 1 - p)), exact to float32
+    round-off (about 6e-8 absolute) at any z, which PyTorch's CPU softplus computes several times slower."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, gamma: float) -> torch.Tensor:
+        z = torch.where(targets, logits, -logits)
+        p = torch.sigmoid(-z)
+        softplus = torch.relu(-z).sub_(torch.maximum(p, 1 - p).log_())
+        weighted = p.pow(gamma).mul_(weight)  # w p^gamma
+        loss = (weighted * softplus).sum()
+        # d/dz = -w p^gamma (gamma (1 - p) softplus + p); d/dlogit = d/dz (target 1) or -d/dz (target 0)
+        grad = softplus.mul_(torch.sub(1, p).mul_(gamma)).add_(p).mul_(weighted)
+        ctx.save_for_backward(torch.where(targets, grad.neg(), grad))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None
+
+
 def token_focal_loss(
     logits: torch.Tensor, targets: torch.Tensor, text_mask: torch.Tensor, alpha: float, gamma: float
 ) -> torch.Tensor:
     """Sum of the sigmoid focal loss (torchvision's `sigmoid_focal_loss`; alpha < 0: no alpha weighting) over the real
-    tokens. logits [B, A, T]; targets [B, A, T] (bool); text_mask [B, T] (True on real tokens).
-
-    With binary targets and z = logit (target 1) or -logit (target 0), the term is alpha_t * sigmoid(-z)^gamma *
-    softplus(-z): the same values as torchvision's form in half the passes over the [B, A, T] logits.
-    """
-    z = torch.where(targets, logits, -logits)
+    tokens. logits [B, A, T]; targets [B, A, T] (bool); text_mask [B, T] (True on real tokens). The same values and
+    gradient as torchvision's form, in fewer passes over the [B, A, T] logits (`_TokenFocalLoss`)."""
     weight = text_mask.unsqueeze(1).to(logits.dtype)
     if alpha >= 0:
         weight = torch.where(targets, alpha, 1 - alpha) * weight
-    return (weight * torch.sigmoid(-z).pow(gamma) * F.softplus(-z)).sum()
+    return _TokenFocalLoss.apply(logits, targets, weight, gamma)
 
 
 def pad_targets(
