@@ -151,8 +151,10 @@ def evaluate_all(configs: list[str], output: str, results_file: str, threads: in
     from detectron2.utils.logger import setup_logger
 
     import fiber_d2  # noqa: F401  (registers fiber_d2's models and datasets in this process)
+    from fiber_d2.engine.allocator import keep_freed_cpu_memory
 
     torch.set_num_threads(threads)
+    keep_freed_cpu_memory()  # KEEP_FREED_CPU_MEMORY's default, for every config evaluated here
     setup_logger(os.path.join(output, "log.txt"), distributed_rank=comm.get_rank(), name="fiber_d2",
                  abbrev_name="fiber_d2")
     results = {}

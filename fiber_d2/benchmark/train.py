@@ -21,6 +21,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils.events import EventStorage
 
+from ..engine.allocator import keep_freed_cpu_memory
 from ..engine.trainer import Trainer
 from .common import (
     Emit,
@@ -146,6 +147,8 @@ def run(args: argparse.Namespace, emit: Emit) -> None:
     amp_opts = ["SOLVER.AMP.ENABLED", str(args.amp)]
     cfg = load_config(args.config_file, [*args.opts, *amp_opts], args.device)
     baseline_cfg = load_config(args.config_file, [*args.opts, *args.baseline_opts, *amp_opts], args.device)
+    if cfg.KEEP_FREED_CPU_MEMORY:  # as train_net.py does; for the whole process, the baseline model's steps too
+        keep_freed_cpu_memory()
     batch = cfg.SOLVER.IMS_PER_BATCH
     kept: list = []
     with tempfile.TemporaryDirectory() as output_dir, EventStorage(0) as storage:

@@ -30,6 +30,7 @@ from fiber_d2.data.datasets.from_config import register_datasets_from_config
 from fiber_d2.data.image_io import ImageError
 from fiber_d2.engine.cli import error_line
 from fiber_d2.engine import launch
+from fiber_d2.engine.allocator import keep_freed_cpu_memory
 from fiber_d2.engine.trainer import Trainer
 from fiber_d2.evaluation.results import ResultsFileError
 
@@ -46,6 +47,8 @@ def setup(args):
     cfg.freeze()
     register_datasets_from_config(cfg)
     default_setup(cfg, args)
+    if cfg.KEEP_FREED_CPU_MEMORY:
+        keep_freed_cpu_memory()
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_d2")
     return cfg
 
