@@ -65,6 +65,15 @@ def test_text_to_image_ceiling_averages_one_over_fitting_images():
     assert ceiling["R@1_sentence_0"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
     assert ceiling["R@1_sentence_1"] == pytest.approx(100.0)
     assert ceiling["mean_fitting_images"] == pytest.approx((2 + 2 + 1 + 1) / 4)
+    # relation captions: each fits its own image only; relation-blind, both images with a red circle and a blue star
+    left, right = _object("circle", "red", 10, 100), _object("circle", "red", 300, 100)
+    star_at = _object("star", "blue", 200, 100)
+    pair_scenes = [_scene(1, [left, star_at]), _scene(2, [right, star_at]), _scene(3, [star_at])]
+    pair_captions = [["a red circle left of a blue star ."], ["a red circle right of a blue star ."], ["a blue star ."]]
+    full = text_to_image_ceiling(pair_captions, pair_scenes)
+    blind = text_to_image_ceiling(pair_captions, pair_scenes, ignore_relation=True)
+    assert full["R@1"] == pytest.approx(100 * (1 + 1 + 1 / 3) / 3)
+    assert blind["R@1"] == pytest.approx(100 * (1 / 2 + 1 / 2 + 1 / 3) / 3)
     with pytest.raises(ValueError, match="image_id 3"):
         text_to_image_ceiling([["there are two red circles ."]] * 3, scenes)
 
@@ -98,7 +107,8 @@ def test_cli_prints_both_readings_and_one_line_on_bad_root(root, tmp_path, capsy
     spec.loader.exec_module(tool)
     assert tool.main(["--root", str(root), "--split", "novel"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [row["reading"] for row in rows] == ["strict", "loose"]
+    assert [row["reading"] for row in rows] == ["strict", "loose", "strict, relation-blind", "loose, relation-blind"]
     assert all(row["images"] == 10 and row["captions"] == 30 for row in rows)
+    assert rows[2]["R@1"] <= rows[0]["R@1"] and rows[3]["R@1"] <= rows[1]["R@1"]
     assert tool.main(["--root", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
