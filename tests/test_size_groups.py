@@ -76,7 +76,8 @@ def test_batches_share_one_padded_size_and_resume_where_they_stopped(tmp_path):
 
     cfg = get_cfg()
     add_fiber_config(cfg)
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = (224, 256, 288), 384, "choice"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (224, 256, 288), 384
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
     first = loader()
     batches = iter(first)
     head = [next(batches) for _ in range(10)]

@@ -55,7 +55,9 @@ class SizeGroups:
                     "DATALOADER.SIZE_GROUPING needs"
                 )
             sizes.append((record["height"], record["width"]))
-        return cls(sizes, cfg_input.MIN_SIZE_TRAIN, cfg_input.MIN_SIZE_TRAIN_SAMPLING, cfg_input.MAX_SIZE_TRAIN, divisor)
+        return cls(
+            sizes, cfg_input.MIN_SIZE_TRAIN, cfg_input.MIN_SIZE_TRAIN_SAMPLING, cfg_input.MAX_SIZE_TRAIN, divisor
+        )
 
     def resized(self, index: int, short_edge: int) -> tuple[int, int]:
         """(height, width) of record `index` resized to `short_edge`, as ResizeShortestEdge computes it."""

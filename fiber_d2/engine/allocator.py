@@ -1,4 +1,4 @@
-"""keep_freed_cpu_memory: glibc's malloc keeps the memory of freed tensors for the next ones (cfg.KEEP_FREED_CPU_MEMORY).
+"""keep_freed_cpu_memory: glibc's malloc keeps freed tensors' memory for the next ones (cfg.KEEP_FREED_CPU_MEMORY).
 
 By default glibc serves allocations above a threshold (128 KiB, adapting up to 32 MiB) with fresh mmaps and returns
 freed memory at the top of its heap to the system, so every large temporary tensor of a CPU forward or backward
