@@ -8,6 +8,7 @@
     python tools/benchmark.py latency           # FIBER-tiny vs Grounding DINO of the same size, fp32 and bf16
     python tools/benchmark.py launches          # operators, kernels and host reads per FIBER-tiny forward
     python tools/benchmark.py train             # FIBER-tiny training step on FIBER-Shapes, with and without loading
+    python tools/benchmark.py checkouts --baseline /tmp/base   # that step against another checkout (e.g. a commit)
 
 The benchmarks live in fiber_d2/benchmark/ (one module each); docs/BENCHMARKS.md describes their rows.
 """
@@ -21,7 +22,7 @@ import sys
 import time
 from typing import Sequence
 
-from fiber_d2.benchmark import backbone, dcn, launches, latency, lvis, throughput, train
+from fiber_d2.benchmark import backbone, checkouts, dcn, launches, latency, lvis, throughput, train
 from fiber_d2.benchmark.common import BenchmarkError
 from fiber_d2.config import ConfigError
 from fiber_d2.data import PromptError
@@ -32,7 +33,7 @@ from fiber_d2.engine.cli import error_line
 PROG = "benchmark.py"
 # Bad input (options, config, dataset files): one line naming what and where, no traceback.
 ONE_LINE_ERRORS = (BenchmarkError, ConfigError, FileNotFoundError, DatasetFormatError, ImageError, PromptError)
-MODULES = (backbone, dcn, lvis, throughput, latency, launches, train)
+MODULES = (backbone, dcn, lvis, throughput, latency, launches, train, checkouts)
 BENCHMARKS = {module.__name__.rsplit(".", 1)[-1]: module for module in MODULES}
 
 
