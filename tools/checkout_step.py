@@ -5,8 +5,9 @@
 
 Imports fiber_d2 from ROOT (not from the checkout this file is in), so it uses only what every fiber_d2 checkout
 has: `add_fiber_config`, and a `Trainer` in `fiber_d2.engine.trainer` or, in older ones, `projects/FIBER/train_net.py`.
-The model starts from random weights (seed 0); the loader is the checkout's own with `DATALOADER.NUM_WORKERS 0`, and
-its batches are taken before the timing. A step is forward, losses, backward and the optimizer step (the trainer's
+The model starts from random weights (seed 0); the loader is the checkout's own with `DATALOADER.NUM_WORKERS 0`,
+seeded (0) so that every process draws the same images in the same order, and its batches are taken before the
+timing. A step is forward, losses, backward and the optimizer step (the trainer's
 optimizer, with its gradient clipping), on the CPU. Prints one JSON line: the CPU milliseconds of each timed step
 (`time.process_time`) and the mean pixels per image of the timed batches.
 """
@@ -26,6 +27,7 @@ def main(argv: list) -> None:
     warnings.filterwarnings("ignore")
     import torch
     from detectron2.config import get_cfg
+    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.events import EventStorage
 
     import fiber_d2
@@ -46,7 +48,7 @@ def main(argv: list) -> None:
         from fiber_d2.engine.allocator import keep_freed_cpu_memory
 
         keep_freed_cpu_memory()
-    torch.manual_seed(0)
+    seed_all_rng(0)  # the weights and the loader's stream: the same in every process
     model = Trainer.build_model(cfg)
     model.train()
     optimizer = Trainer.build_optimizer(cfg, model)
