@@ -1,7 +1,5 @@
 """`tools/benchmark.py checkouts`: the training step of this checkout against another, each in its own processes
 (here the other checkout is this one, so both run the same code on the same tiny FIBER-Shapes set)."""
-import argparse
-import json
 import statistics
 import subprocess
 from pathlib import Path
@@ -11,18 +9,10 @@ import pytest
 from fiber_d2.benchmark import checkouts
 from fiber_d2.benchmark.common import BenchmarkError
 from fiber_d2.data.shapes import generate_fiber_shapes
+from test_benchmark import run_rows
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE1 = "configs/fiber_shapes/fiber_tiny_grounding_stage1.yaml"
-
-
-def run_rows(*argv) -> list[dict]:
-    parser = argparse.ArgumentParser()
-    checkouts.add_arguments(parser)
-    rows: list[dict] = []
-    checkouts.run(parser.parse_args([str(arg) for arg in argv]), rows.append)
-    assert json.loads(json.dumps(rows)) == rows
-    return rows
 
 
 def test_processes_alternate_and_the_summary_is_the_ratio_of_their_medians(tmp_path, monkeypatch):
@@ -30,7 +20,7 @@ def test_processes_alternate_and_the_summary_is_the_ratio_of_their_medians(tmp_p
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # the processes register FIBER-Shapes from there
     opts = ["DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)",
             "INPUT.MAX_SIZE_TRAIN", "192"]
-    rows = run_rows("--baseline", REPO, "--processes", "2", "--iters", "2", "--warmup", "1", "--opts", *opts)
+    rows = run_rows(checkouts, "--baseline", REPO, "--processes", "2", "--iters", "2", "--warmup", "1", "--opts", *opts)
     processes, summary = rows[:-1], rows[-1]
     assert [(row["variant"], row["process"]) for row in processes] == [
         ("baseline", 0), ("ours", 0), ("baseline", 1), ("ours", 1)]
@@ -50,7 +40,7 @@ def test_processes_alternate_and_the_summary_is_the_ratio_of_their_medians(tmp_p
 
 def test_a_checkout_without_the_config_or_whose_step_fails_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(BenchmarkError, match=f"baseline checkout {tmp_path} has no config {STAGE1}"):
-        run_rows("--baseline", tmp_path, "--processes", "1")
+        run_rows(checkouts, "--baseline", tmp_path, "--processes", "1")
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "missing"))
     with pytest.raises(BenchmarkError, match="the training step of .* failed: .*"):
-        run_rows("--baseline", REPO, "--processes", "1", "--iters", "1", "--warmup", "0")
+        run_rows(checkouts, "--baseline", REPO, "--processes", "1", "--iters", "1", "--warmup", "0")
