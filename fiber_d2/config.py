@@ -238,6 +238,10 @@ def _add_coarse_input_config(cfg: CN) -> None:
     # Coarse-stage training: groups of interchangeable words, e.g. [["red", "blue"], ["circle", "star"]]. Each caption
     # with such a word also gives ITM a negative, itself with one of them swapped (NegCLIP-style). Empty: off (FIBER).
     cfg.INPUT.COARSE.ITM_SWAP_WORDS = []
+    # Coarse-stage training: asymmetric relations, e.g. ["left of", "above"]. Each caption with one gives ITM a negative,
+    # itself with the phrases either side of the relation exchanged (swap_phrase_order); with ITM_SWAP_WORDS too, a
+    # caption open to both swaps gets one of them at equal odds. Empty: off (FIBER).
+    cfg.INPUT.COARSE.ITM_SWAP_ORDER = []
 
 
 def _add_coarse_config(cfg: CN) -> None:
@@ -259,8 +263,8 @@ def _add_coarse_config(cfg: CN) -> None:
     # picks its image among itself and K hard negative images (drawn as ITM's, without replacement) by the ITM
     # log-odds, the ranking that ITM re-ranking does at test time. 0: off.
     cfg.MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES = 0
-    # True: with INPUT.COARSE.ITM_SWAP_WORDS, each training image's ITC (image-to-text) softmax also holds its
-    # process's captions with a word swapped, as extra negatives (NegCLIP; not in FIBER). False: ITM only.
+    # True: with INPUT.COARSE.ITM_SWAP_WORDS or ITM_SWAP_ORDER, each training image's ITC (image-to-text) softmax also
+    # holds its process's swapped captions, as extra negatives (NegCLIP; not in FIBER). False: ITM only.
     cfg.MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES = False
     # Pooled text feature: "first" (the <s> token, FIBER) or "mean" (of the real tokens; for a text encoder trained
     # from scratch, whose <s> output carries almost nothing about the caption at init).

@@ -1,4 +1,4 @@
-"""Negatives by word swaps (INPUT.COARSE.ITM_SWAP_WORDS): the swap itself, the mapper's `swap_input_ids`, the extra
+"""Negatives by word swaps (INPUT.COARSE.ITM_SWAP_WORDS) and order swaps (INPUT.COARSE.ITM_SWAP_ORDER): the swaps, the mapper's `swap_input_ids`, the extra
 ITM pairs of FiberCoarseModel and, with MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES, its extra ITC columns."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from fiber_d2.data.coarse_mapper import CoarseDatasetMapper
-from fiber_d2.data.swapped_captions import check_swap_groups, swap_one_word
+from fiber_d2.data.swapped_captions import check_order_relations, check_swap_groups, swap_one_word, swap_phrase_order
 from fiber_d2.data.tokenizer import load_tokenizer
 from fiber_d2.modeling.coarse.losses import itc_loss
 from micro_configs import micro_coarse_cfg
@@ -51,10 +51,56 @@ def test_bad_groups_are_refused():
         check_swap_groups([["red", "blue"], ["red", "green"]])
 
 
-def coarse_cfg(tokenizer_dir: str, groups):
+def coarse_cfg(tokenizer_dir: str, groups, relations=()):
     return micro_coarse_cfg(tokenizer_dir, "FiberCoarseModel", overrides={
         "INPUT.COARSE.IMAGE_SIZE": 64, "INPUT.COARSE.ITM_SWAP_WORDS": groups,
+        "INPUT.COARSE.ITM_SWAP_ORDER": list(relations),
     })
+
+
+RELATIONS = check_order_relations(["left of", "To the  left of", "above"])
+
+
+def test_order_swap_exchanges_the_phrases_around_a_relation_with_their_articles():
+    assert RELATIONS == ["to the left of", "left of", "above"]
+    rng = random.Random(0)
+    assert swap_phrase_order("A red circle left of an orange star .", RELATIONS, rng) == (
+        "An orange star left of a red circle .")
+    assert swap_phrase_order("there is a hexagon to the left of three white crosses", RELATIONS, rng) == (
+        "there is three white crosses to the left of a hexagon")
+    # The same words, so no word count can tell the negative from the positive.
+    caption = "a small red circle ABOVE a blue star and two crosses ."
+    swapped = swap_phrase_order(caption, RELATIONS, rng)
+    assert swapped == "a blue star ABOVE a small red circle and two crosses ."
+    assert sorted(swapped.lower().split()) == sorted(caption.lower().split())
+    # Either relation of a caption with two, each with its own phrases.
+    outs = {swap_phrase_order("a star left of a cross above a circle", RELATIONS, random.Random(s)) for s in range(20)}
+    assert outs == {"a cross left of a star above a circle", "a star left of a circle above a cross"}
+    for caption in ("a star next to a circle", "left of a circle", "a star, left of a circle", "a star leftover"):
+        assert swap_phrase_order(caption, RELATIONS, rng) is None
+    for bad in (["above", "ABOVE"], ["", "above"]):
+        with pytest.raises(ValueError, match="ITM_SWAP_ORDER"):
+            check_order_relations(bad)
+
+
+def test_the_training_mapper_swaps_words_or_order_at_equal_odds(tokenizer_dir, tmp_path):
+    path = tmp_path / "1.png"
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(path)
+    record = {"file_name": str(path), "height": 40, "width": 50, "image_id": 1, "captions": ["a red circle above a star"]}
+    tokenizer = load_tokenizer(tokenizer_dir)
+    mapper = CoarseDatasetMapper(coarse_cfg(tokenizer_dir, GROUPS, ["above"]), is_train=True, task="pretrain")
+    random.seed(0)
+    outs = [tokenizer.decode(mapper(record)["swap_input_ids"], skip_special_tokens=True) for _ in range(200)]
+    order = sum(out == "a star above a red circle" for out in outs)
+    assert 70 <= order <= 130  # binomial(200, 0.5): about 7 standard deviations either side
+    words = {out for out in outs if out != "a star above a red circle"}
+    assert words <= {"a red circle above a square", "a red circle above a circle", "an orange circle above a star",
+                     "a blue circle above a star", "a red square above a star", "a red star above a star"}
+    assert len(words) >= 4
+    mapper = CoarseDatasetMapper(coarse_cfg(tokenizer_dir, [], ["above"]), is_train=True, task="pretrain")
+    assert tokenizer.decode(mapper(record)["swap_input_ids"], skip_special_tokens=True) == "a star above a red circle"
+    record["captions"] = ["a star"]
+    assert "swap_input_ids" not in mapper(record)
 
 
 def test_the_training_mapper_adds_the_swapped_caption_only_when_asked(tokenizer_dir, tmp_path):

@@ -38,7 +38,7 @@ from .datasets.errors import check_on_bad_record
 from .grounding_mapper import swap_left_right
 from .image_io import describe_record, read_record_image_or_skip
 from .positive_map import encode_prompt
-from .swapped_captions import check_swap_groups, swap_one_word
+from .swapped_captions import check_order_relations, check_swap_groups, swap_one_word, swap_phrase_order
 from .tokenizer import load_tokenizer
 from .vqa_answers import normalize_vqa_answer, vqa_soft_score
 
@@ -158,6 +158,7 @@ class CoarseDatasetMapper:
         answer_vocabulary: list[str] | None = None,
         on_bad_record: str = "raise",
         itm_swap_words: Sequence[Sequence[str]] = (),
+        itm_swap_order: Sequence[str] = (),
     ) -> None:
         """
         Args:
@@ -175,6 +176,9 @@ class CoarseDatasetMapper:
             itm_swap_words: groups of interchangeable words (INPUT.COARSE.ITM_SWAP_WORDS); when set, "pretrain"
                 training inputs get `swap_input_ids`, the caption with one such word swapped (`swap_one_word`), as
                 an ITM negative, if the caption has one.
+            itm_swap_order: asymmetric relations (INPUT.COARSE.ITM_SWAP_ORDER): likewise, the caption with the phrases
+                either side of one of them exchanged (`swap_phrase_order`). A caption open to both kinds of swap gets
+                one of the two at equal odds.
         """
         check_on_bad_record(on_bad_record)
         if task not in TASKS:
@@ -208,6 +212,7 @@ class CoarseDatasetMapper:
         self.on_bad_record = on_bad_record
         self.answer_vocabulary = list(answer_vocabulary) if answer_vocabulary is not None else None
         self.itm_swap_words = check_swap_groups(itm_swap_words)
+        self.itm_swap_order = check_order_relations(itm_swap_order)
         self._answer_index = {a: i for i, a in enumerate(self.answer_vocabulary or [])}
         self._special_ids = torch.tensor(sorted(tokenizer.all_special_ids), dtype=torch.long)
         logger.info(
@@ -240,6 +245,7 @@ class CoarseDatasetMapper:
             "answer_vocabulary": answer_vocabulary,
             "on_bad_record": cfg.DATASETS.ON_BAD_RECORD,
             "itm_swap_words": cfg.INPUT.COARSE.ITM_SWAP_WORDS,
+            "itm_swap_order": cfg.INPUT.COARSE.ITM_SWAP_ORDER,
         }
 
     def __call__(self, dataset_dict: dict) -> dict | None:
@@ -310,9 +316,13 @@ class CoarseDatasetMapper:
         return captions
 
     def _swapped(self, caption: str) -> str | None:
-        if not self.itm_swap_words:
+        if not self.itm_swap_words and not self.itm_swap_order:
             return None
-        return swap_one_word(caption, self.itm_swap_words, random.Random(random.getrandbits(63)))
+        rng = random.Random(random.getrandbits(63))
+        swaps = [swap(caption, rule, rng) for swap, rule in (
+            (swap_one_word, self.itm_swap_words), (swap_phrase_order, self.itm_swap_order)) if rule]
+        swaps = [swapped for swapped in swaps if swapped is not None]
+        return swaps[rng.randrange(len(swaps))] if len(swaps) > 1 else (swaps or [None])[0]
 
     def _encode(self, text: str) -> torch.Tensor:
         return encode_prompt(self.tokenizer, text, self.max_text_len)[0]

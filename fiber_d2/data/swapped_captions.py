@@ -1,11 +1,21 @@
-"""Hard negative captions by word swaps, for ITM (INPUT.COARSE.ITM_SWAP_WORDS; as NegCLIP's swapped captions,
-Yuksekgonul et al., ICLR 2023): one word of the caption that belongs to a group of interchangeable words (colours,
-shapes, ...) replaced by another word of its group, so that the caption no longer fits its image in one attribute."""
+"""Hard negative captions for ITM and ITC (as NegCLIP's, Yuksekgonul et al., ICLR 2023), of two kinds:
+
+- word swaps (INPUT.COARSE.ITM_SWAP_WORDS): one word of the caption that belongs to a group of interchangeable words
+  (colours, shapes, ...) replaced by another word of its group, so that the caption no longer fits its image in one
+  attribute;
+- order swaps (INPUT.COARSE.ITM_SWAP_ORDER): the two phrases either side of an asymmetric relation exchanged, "a red
+  circle left of a blue star" -> "a blue star left of a red circle". The negative has exactly the positive's words, so
+  only a model that reads the relation in the image can tell them apart. A word swap of a relation ("left" ->
+  "right") cannot promise that: where the data say "above" more often than "below", its negatives say "below" more
+  often than its positives do, and a model learns to prefer "above" without looking at the image (measured,
+  docs/EXPERIMENTS.md)."""
 from __future__ import annotations
 
 import random
 import re
 from typing import Sequence
+
+from .phrases import find_phrases
 
 _WORD = re.compile(r"[A-Za-z]+")
 _VOWELS = "aeiou"
@@ -38,7 +48,18 @@ def swap_one_word(caption: str, groups: Sequence[Sequence[str]], rng: random.Ran
         return None
     match = matches[rng.randrange(len(matches))]
     old = match.group().lower()
-    new = rng.choice([word for word in group_of[old] if word != old])
+    return _replace_word(caption, match, rng.choice([word for word in group_of[old] if word != old]))
+
+
+def word_swaps(caption: str, groups: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
+    """Every swap `swap_one_word` can make: (the replaced word in lower case, the swapped caption), in caption order."""
+    group_of = {word: group for group in groups for word in group}
+    return [(match.group().lower(), _replace_word(caption, match, new))
+            for match in _WORD.finditer(caption) if match.group().lower() in group_of
+            for new in group_of[match.group().lower()] if new != match.group().lower()]
+
+
+def _replace_word(caption: str, match: re.Match, new: str) -> str:
     before = caption[: match.start()]
     article = re.search(r"\b(a|an|A|An)(\s+)$", before)
     if article:
@@ -46,3 +67,63 @@ def swap_one_word(caption: str, groups: Sequence[Sequence[str]], rng: random.Ran
         word = word.capitalize() if article.group(1)[0] == "A" else word
         before = before[: article.start()] + word + article.group(2)
     return before + new + caption[match.end():]
+
+
+def check_order_relations(relations: Sequence[str]) -> list[str]:
+    """The relations as lower-case strings, longest first (so "to the left of" is found before "left of"); a
+    ValueError for an empty one or a repeat."""
+    out = [" ".join(str(relation).lower().split()) for relation in relations]
+    if not all(out) or len(set(out)) < len(out):
+        raise ValueError(f"INPUT.COARSE.ITM_SWAP_ORDER needs distinct non-empty relations, got {list(relations)!r}")
+    return sorted(out, key=len, reverse=True)
+
+
+def swap_phrase_order(caption: str, relations: Sequence[str], rng: random.Random) -> str | None:
+    """`caption` with the phrases just before and just after one randomly chosen relation of `relations` (whole
+    words, any case; `check_order_relations` order) exchanged, each with its leading articles and numbers, in the
+    case of the place it moves to: "A red circle left of an orange star ." -> "An orange star left of a red circle .".
+    None if no relation of the caption has a phrase (`find_phrases`) right before and right after it."""
+    swaps = order_swaps(caption, relations)
+    return swaps[rng.randrange(len(swaps))][1] if swaps else None
+
+
+def order_swaps(caption: str, relations: Sequence[str]) -> list[tuple[str, str]]:
+    """Every swap `swap_phrase_order` can make: (the relation, the swapped caption), in caption order."""
+    phrases = [span for (span,) in find_phrases(caption)]
+    found: list[tuple[re.Match, str]] = []
+    for relation in relations:
+        pattern = r"\b" + r"\s+".join(map(re.escape, relation.split())) + r"\b"
+        for match in re.finditer(pattern, caption, re.IGNORECASE):
+            # A relation inside a longer one already found ("left of" in "to the left of") is that one.
+            if not any(match.start() < other.end() and other.start() < match.end() for other, _ in found):
+                found.append((match, relation))
+    swaps = []
+    for match, relation in sorted(found, key=lambda item: item[0].start()):
+        before = [(s, e) for s, e in phrases if e <= match.start() and not caption[e:match.start()].strip()]
+        after = [_with_leading_words(caption, s, e) for s, e in phrases if s >= match.end()]
+        after = [(s, e) for s, e in after if not caption[match.end():s].strip()]
+        if before and after:
+            (s1, e1), (s2, e2) = _with_leading_words(caption, *before[0]), after[0]
+            first, second = caption[s1:e1], caption[s2:e2]
+            swapped = caption[:s1] + _case_like(second, first) + caption[e1:s2] + _case_like(first, second)
+            swaps.append((relation, swapped + caption[e2:]))
+    return swaps
+
+
+def _with_leading_words(caption: str, start: int, end: int) -> tuple[int, int]:
+    """The span [start, end) of a phrase widened back over the articles and numbers just before it (as "a", "three")."""
+    while True:
+        match = re.search(r"\b([A-Za-z]+)\s+$", caption[:start])
+        if not match or match.group(1).lower() not in _LEADING_WORDS:
+            return start, end
+        start = match.start()
+
+
+def _case_like(text: str, place: str) -> str:
+    """`text` with its first letter upper-case where `place` starts with one (a caption's first word), else lower."""
+    if not text:
+        return text
+    return (text[0].upper() if place[:1].isupper() else text[0].lower()) + text[1:]
+
+
+_LEADING_WORDS = frozenset("a an the one two three four five six seven eight nine ten".split())

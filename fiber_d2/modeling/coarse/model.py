@@ -3,10 +3,10 @@
 Training (inputs from `CoarseDatasetMapper`, task "pretrain": `image` [3, S, S], `image_id`, `input_ids` [T],
 `mlm_input_ids` [T], `mlm_labels` [T]) returns the enabled objectives (MODEL.FIBER.COARSE.OBJECTIVES):
   loss_itc  fusion off (the dual encoder): symmetric InfoNCE over the batch of all processes (+ the queue; with
-            MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES, each image is also scored against its process's captions with a
-            word swapped, NegCLIP's hard negatives);
+            MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES, each image is also scored against its process's swapped captions,
+            NegCLIP's hard negatives);
   loss_itm  fusion on: B positive pairs + B (image, hard negative text) + B (hard negative image, text), CE (and,
-            with INPUT.COARSE.ITM_SWAP_WORDS, (image, its caption with one word swapped) negatives); the hard
+            with INPUT.COARSE.ITM_SWAP_WORDS or ITM_SWAP_ORDER, (image, its swapped caption) negatives); the hard
             negatives are drawn from the batch and, with MODEL.FIBER.COARSE.ITM_QUEUE_SIZE, earlier pairs
             (`PairQueue`);
   loss_mlm  fusion on, masked captions: CE of the masked tokens through the MLM head (on the fused text projection).
@@ -231,8 +231,8 @@ class FiberCoarseModel(CoarseModelBase):
         swap_lower: TextState | None = None,
     ) -> dict[str, torch.Tensor]:
         """loss_itm: CE over B positives, B (image, negative text) and B (negative image, text) pairs, fused; plus,
-        for the inputs `swapped` (those with `swap_input_ids`, INPUT.COARSE.ITM_SWAP_WORDS; `swap_lower` their
-        captions' lower text state), the negatives (image, its caption with a word swapped). With
+        for the inputs `swapped` (those with `swap_input_ids`, INPUT.COARSE.ITM_SWAP_WORDS / ITM_SWAP_ORDER;
+        `swap_lower` their captions' lower text state), the negatives (image, its swapped caption). With
         MODEL.FIBER.COARSE.ITM_RANK_NEGATIVES K, loss_itm_rank: each text picks its image among 1 + K
         (`ranking_loss`), the first of its K negatives being its ITM negative image. The negatives are drawn
         from the batch and the ITM queue, whose drawn pairs run their lower parts again (without gradient); the batch
