@@ -156,6 +156,34 @@ def test_gradients_reach_every_gate_and_both_encoders_even_at_init():
     assert fused_block.i2t.alpha.grad.abs().item() > 0
 
 
+def test_a_frozen_closed_gate_skips_its_cross_attention_with_the_same_outputs():
+    backbone = tiny_backbone(gates=0.5)
+    backbone.freeze(0, -1)  # the detector's frozen text encoder: alpha_t2i frozen
+    ids, mask = text_batch()
+    with torch.no_grad():
+        for attention in backbone.text.t2i.values():
+            attention.alpha.zero_()
+    reference = tiny_backbone(gates=0.5)
+    reference.load_state_dict(backbone.state_dict())  # alpha_t2i 0 but trainable: computed, as before
+    outputs = []
+    for model in (backbone, reference):
+        pixels = images().requires_grad_()
+        features, text = model(pixels, ids, mask)
+        outputs.append((features, text, pixels))
+    assert_features_close(outputs[0][0], outputs[1][0], atol=0)
+    torch.testing.assert_close(outputs[0][1], outputs[1][1], atol=0, rtol=0)
+    assert all(attention.gate_closed() for attention in backbone.text.t2i.values())
+    assert not any(attention.gate_closed() for attention in reference.text.t2i.values())
+    assert not outputs[0][1].requires_grad  # skipped: the frozen text stream no longer depends on the image
+    assert outputs[1][1].requires_grad
+    # An open frozen gate, or one opened by a checkpoint load, is computed again.
+    state = {**backbone.state_dict(), "text.t2i.1.alpha": torch.tensor([0.25])}
+    backbone.load_state_dict(state)
+    assert not backbone.text.t2i["1"].gate_closed() and backbone.text.t2i["2"].gate_closed()
+    _, text = backbone(images().requires_grad_(), ids, mask)
+    assert text.requires_grad
+
+
 def test_lower_once_then_upper_equals_the_full_forward_for_many_prompts():
     backbone = tiny_backbone(gates=0.5)
     pixels = images(batch=1)
@@ -368,3 +396,21 @@ def test_bad_inputs_are_named():
         backbone(images(), torch.tensor([[5, 100]] * 2), torch.ones(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="image batch 2 and text batch 3 differ"):
         backbone(images(), *text_batch(batch=3, real=(9, 9, 9)))
+
+
+def test_attention_with_a_trained_bias_equals_scaled_dot_product_attention():
+    from fiber_d2.modeling.backbone.attention import merge_heads, multi_head_attention, split_heads
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 49, 32, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    table = torch.randn(1, 4, 49, 49, generator=generator, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(6, 1, 49, 49, dtype=torch.float64)
+    mask[:, :, :10, 20:] = -100.0  # a shifted window's mask
+    ours = multi_head_attention(q, k, v, 4, bias=table + mask)  # written out: the bias needs a gradient
+    reference = merge_heads(torch.nn.functional.scaled_dot_product_attention(
+        *(split_heads(x, 4) for x in (q, k, v)), attn_mask=table + mask))
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    weights = torch.randn(ours.shape, generator=generator, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), (q, k, v, table)),
+                    torch.autograd.grad((reference * weights).sum(), (q, k, v, table))):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)

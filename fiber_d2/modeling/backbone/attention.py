@@ -1,6 +1,10 @@
 """Multi-head attention through `torch.nn.functional.scaled_dot_product_attention`, shared by every attention here,
 and FIBER's gated cross-attentions between the two encoders (ImageToTextAttention in the fused Swin blocks,
-TextToImageAttention in the fused text layers; see fusion.py)."""
+TextToImageAttention in the fused text layers; see fusion.py).
+
+A gate frozen at exactly 0 (e.g. the text side of a detector trained with MODEL.FIBER.FREEZE.TEXT_LAYERS -1, whose
+alpha_t2i never leaves its initial 0) adds nothing, so its cross-attention is skipped: the same output (for finite
+inputs), and no forward or backward through it."""
 from __future__ import annotations
 
 import torch
@@ -33,14 +37,18 @@ def multi_head_attention(
     query: [..., Lq, C]; key/value: [..., Lk, C] (C = num_heads * head_dim, scale 1/sqrt(head_dim)).
     bias: additive logits broadcastable to [..., num_heads, Lq, Lk] (relative position bias, masks as large negatives).
     Returns [..., Lq, C].
+
+    On a CPU, with a bias that needs a gradient (the Swin's relative position bias in training), the attention is
+    written out: scaled_dot_product_attention's CPU path for that case is its math path plus a guard for rows that are
+    masked everywhere (`all` and `where` over the scores), which none of our biases makes (their masks are finite).
+    The same values to float rounding, in 0.75-0.9x the CPU time forward and backward at FIBER-tiny's window shapes.
     """
-    out = F.scaled_dot_product_attention(
-        split_heads(query, num_heads),
-        split_heads(key, num_heads),
-        split_heads(value, num_heads),
-        attn_mask=bias,
-        dropout_p=dropout_p,
-    )
+    query, key, value = (split_heads(x, num_heads) for x in (query, key, value))
+    if bias is not None and bias.requires_grad and query.device.type == "cpu" and torch.is_grad_enabled():
+        scores = torch.matmul(query, key.transpose(-2, -1)).mul_(query.shape[-1] ** -0.5).add_(bias)
+        out = torch.matmul(F.dropout(scores.softmax(-1), dropout_p) if dropout_p else scores.softmax(-1), value)
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
     return merge_heads(out)
 
 
@@ -49,7 +57,26 @@ def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-class ImageToTextAttention(nn.Module):
+class _GatedCrossAttention(nn.Module):
+    """A cross-attention whose output is scaled by the learnable scalar gate `alpha` (init 0; each subclass creates
+    it last, which keeps the parameter order of earlier checkpoints' optimizer states)."""
+
+    alpha: nn.Parameter
+    _closed: tuple[tuple, bool] = ((), False)
+
+    def gate_closed(self) -> bool:
+        """Whether alpha is frozen (requires_grad False) at exactly 0. Its value is read from the device once per change
+        (`_version` counts in-place writes, checkpoint loads included), not once per forward."""
+        alpha = self.alpha
+        if alpha.requires_grad:
+            return False
+        key = (alpha._version, alpha.data_ptr(), alpha.device)
+        if self._closed[0] != key:
+            self._closed = (key, not bool(alpha.detach().any()))
+        return self._closed[1]
+
+
+class ImageToTextAttention(_GatedCrossAttention):
     """Image tokens (queries) attend to all text tokens; output scaled by the gate `alpha` (init 0).
 
     dim: image channels of the stage; heads: the stage's head count; text_dim: text hidden size.
@@ -68,14 +95,16 @@ class ImageToTextAttention(nn.Module):
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None) -> torch.Tensor:
         """x: [B, N, dim] image tokens; text: [B, T, text_dim]; text_bias: [B, 1, 1, T] additive padding bias.
 
-        Returns x + alpha * CrossAttn(x, text), [B, N, dim].
+        Returns x + alpha * CrossAttn(x, text), [B, N, dim] (x itself when the gate is closed).
         """
+        if self.gate_closed():
+            return x
         key, value = self.text_kv(text).chunk(2, dim=-1)
         attended = multi_head_attention(self.query(self.norm(x)), key, value, self.num_heads, bias=text_bias)
         return x + self.alpha * self.proj(attended)
 
 
-class TextToImageAttention(nn.Module):
+class TextToImageAttention(_GatedCrossAttention):
     """Text tokens (queries) attend to all image tokens of the paired stage; output scaled by `alpha` (init 0).
 
     hidden: text hidden size; image_dim: channels of the paired image stage. No image mask (as in FIBER).
@@ -95,8 +124,10 @@ class TextToImageAttention(nn.Module):
     def forward(self, a: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """a: [B, T, hidden] (self-attention output before residual and LayerNorm); image: [B, N, image_dim].
 
-        Returns a + alpha * CrossAttn(a, image), [B, T, hidden].
+        Returns a + alpha * CrossAttn(a, image), [B, T, hidden] (a itself when the gate is closed).
         """
+        if self.gate_closed():
+            return a
         attended = multi_head_attention(
             self.query(a),
             self.key(image),
