@@ -146,7 +146,7 @@ def run(args: argparse.Namespace, emit: Emit) -> None:
     device = torch.device(args.device)
     amp_opts = ["SOLVER.AMP.ENABLED", str(args.amp)]
     cfg = load_config(args.config_file, [*args.opts, *amp_opts], args.device)
-    baseline_cfg = load_config(args.config_file, [*args.opts, *args.baseline_opts, *amp_opts], args.device)
+    baseline_cfg = load_config(args.config_file, [*args.opts, *amp_opts, *args.baseline_opts], args.device)
     if cfg.KEEP_FREED_CPU_MEMORY:  # as train_net.py does; for the whole process, the baseline model's steps too
         keep_freed_cpu_memory()
     batch = cfg.SOLVER.IMS_PER_BATCH
