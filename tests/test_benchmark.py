@@ -410,6 +410,18 @@ def test_train_rows_are_consistent(shapes_datasets):
     assert summary["ours_over_baseline_paired"] > 0 and summary["ours_over_baseline_cpu_paired"] > 0
 
 
+def test_train_baseline_opts_may_override_amp():
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--config-file", str(TINY_STAGE1), "--device", "cpu", "--amp", "--baseline-opts",
+                              "SOLVER.AMP.ENABLED", "False", "--opts", "SOLVER.IMS_PER_BATCH", "2"])
+    ours, baseline = train.model_configs(args)
+    assert ours.SOLVER.AMP.ENABLED is True and baseline.SOLVER.AMP.ENABLED is False
+    assert ours.SOLVER.IMS_PER_BATCH == baseline.SOLVER.IMS_PER_BATCH == 2
+    ours, baseline = train.model_configs(parser.parse_args(["--config-file", str(TINY_STAGE1), "--device", "cpu", "--amp"]))
+    assert ours.SOLVER.AMP.ENABLED is baseline.SOLVER.AMP.ENABLED is True
+
+
 def test_train_step_row_reports_the_largest_cuda_peak_in_mib():
     times = {"step": [0.3, 0.1, 0.2], "cpu": [0.2, 0.2, 0.4], "data": [0.0, 0.01, 0.02],
              "peak": [3 * 2**20, 5.5 * 2**20, 4 * 2**20]}

@@ -140,13 +140,19 @@ def batch_pixels(batches: list[list[dict]]) -> float:
     return statistics.mean(sizes)
 
 
+def model_configs(args: argparse.Namespace) -> tuple[CfgNode, CfgNode]:
+    """Ours: the config + `--opts` + `--amp`; the baseline's: the same + `--baseline-opts`, which may override
+    `--amp` (`--amp --baseline-opts SOLVER.AMP.ENABLED False`: mixed precision against float32)."""
+    opts = [*args.opts, "SOLVER.AMP.ENABLED", str(args.amp)]
+    return (load_config(args.config_file, opts, args.device),
+            load_config(args.config_file, [*opts, *args.baseline_opts], args.device))
+
+
 def run(args: argparse.Namespace, emit: Emit) -> None:
     """One `step` row per model and phase, then one `summary` row with the ratios."""
     threads = set_threads(args.threads)
     device = torch.device(args.device)
-    amp_opts = ["SOLVER.AMP.ENABLED", str(args.amp)]
-    cfg = load_config(args.config_file, [*args.opts, *amp_opts], args.device)
-    baseline_cfg = load_config(args.config_file, [*args.opts, *amp_opts, *args.baseline_opts], args.device)
+    cfg, baseline_cfg = model_configs(args)
     if cfg.KEEP_FREED_CPU_MEMORY:  # as train_net.py does; for the whole process, the baseline model's steps too
         keep_freed_cpu_memory()
     batch = cfg.SOLVER.IMS_PER_BATCH
