@@ -238,9 +238,9 @@ def _add_coarse_input_config(cfg: CN) -> None:
     # Coarse-stage training: groups of interchangeable words, e.g. [["red", "blue"], ["circle", "star"]]. Each caption
     # with such a word also gives ITM a negative, itself with one of them swapped (NegCLIP-style). Empty: off (FIBER).
     cfg.INPUT.COARSE.ITM_SWAP_WORDS = []
-    # Coarse-stage training: asymmetric relations, e.g. ["left of", "above"]. Each caption with one gives ITM a negative,
-    # itself with the phrases either side of the relation exchanged (swap_phrase_order); with ITM_SWAP_WORDS too, a
-    # caption open to both swaps gets one of them at equal odds. Empty: off (FIBER).
+    # Coarse-stage training: asymmetric relations, e.g. ["left of", "above"]. Each caption with one gives ITM a
+    # negative, itself with the phrases either side of the relation exchanged (swap_phrase_order); with ITM_SWAP_WORDS
+    # too, a caption open to both swaps gets one of them at equal odds. Empty: off (FIBER).
     cfg.INPUT.COARSE.ITM_SWAP_ORDER = []
 
 

@@ -418,7 +418,8 @@ def test_train_baseline_opts_may_override_amp():
     ours, baseline = train.model_configs(args)
     assert ours.SOLVER.AMP.ENABLED is True and baseline.SOLVER.AMP.ENABLED is False
     assert ours.SOLVER.IMS_PER_BATCH == baseline.SOLVER.IMS_PER_BATCH == 2
-    ours, baseline = train.model_configs(parser.parse_args(["--config-file", str(TINY_STAGE1), "--device", "cpu", "--amp"]))
+    args = parser.parse_args(["--config-file", str(TINY_STAGE1), "--device", "cpu", "--amp"])
+    ours, baseline = train.model_configs(args)
     assert ours.SOLVER.AMP.ENABLED is baseline.SOLVER.AMP.ENABLED is True
 
 

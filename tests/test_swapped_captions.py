@@ -1,5 +1,6 @@
-"""Negatives by word swaps (INPUT.COARSE.ITM_SWAP_WORDS) and order swaps (INPUT.COARSE.ITM_SWAP_ORDER): the swaps, the mapper's `swap_input_ids`, the extra
-ITM pairs of FiberCoarseModel and, with MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES, its extra ITC columns."""
+"""Negatives by word swaps (INPUT.COARSE.ITM_SWAP_WORDS) and order swaps (INPUT.COARSE.ITM_SWAP_ORDER): the swaps,
+the mapper's `swap_input_ids`, the extra ITM pairs of FiberCoarseModel and, with
+MODEL.FIBER.COARSE.ITC_SWAP_NEGATIVES, its extra ITC columns."""
 from __future__ import annotations
 
 import math
@@ -86,7 +87,8 @@ def test_order_swap_exchanges_the_phrases_around_a_relation_with_their_articles(
 def test_the_training_mapper_swaps_words_or_order_at_equal_odds(tokenizer_dir, tmp_path):
     path = tmp_path / "1.png"
     Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(path)
-    record = {"file_name": str(path), "height": 40, "width": 50, "image_id": 1, "captions": ["a red circle above a star"]}
+    record = {"file_name": str(path), "height": 40, "width": 50, "image_id": 1,
+              "captions": ["a red circle above a star"]}
     tokenizer = load_tokenizer(tokenizer_dir)
     mapper = CoarseDatasetMapper(coarse_cfg(tokenizer_dir, GROUPS, ["above"]), is_train=True, task="pretrain")
     random.seed(0)

@@ -20,9 +20,12 @@ from detectron2.evaluation import inference_context
 from ..data.swapped_captions import order_swaps, word_swaps
 
 
-def caption_swaps(caption: str, word_groups: Sequence[Sequence[str]], relations: Sequence[str]) -> list[tuple[str, str]]:
+def caption_swaps(
+    caption: str, word_groups: Sequence[Sequence[str]], relations: Sequence[str]
+) -> list[tuple[str, str]]:
     """(key, swapped caption) for every word swap (key: the replaced word) and order swap (key: "order: <relation>")."""
-    return word_swaps(caption, word_groups) + [(f"order: {r}", swapped) for r, swapped in order_swaps(caption, relations)]
+    orders = [(f"order: {relation}", swapped) for relation, swapped in order_swaps(caption, relations)]
+    return word_swaps(caption, word_groups) + orders
 
 
 @torch.no_grad()
