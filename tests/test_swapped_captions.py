@@ -69,6 +69,7 @@ def test_order_swap_exchanges_the_phrases_around_a_relation_with_their_articles(
         "An orange star left of a red circle .")
     assert swap_phrase_order("there is a hexagon to the left of three white crosses", RELATIONS, rng) == (
         "there is three white crosses to the left of a hexagon")
+    assert swap_phrase_order("his star left of some crosses", RELATIONS, rng) == "some crosses left of his star"
     # The same words, so no word count can tell the negative from the positive.
     caption = "a small red circle ABOVE a blue star and two crosses ."
     swapped = swap_phrase_order(caption, RELATIONS, rng)

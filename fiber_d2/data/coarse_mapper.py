@@ -319,10 +319,15 @@ class CoarseDatasetMapper:
         if not self.itm_swap_words and not self.itm_swap_order:
             return None
         rng = random.Random(random.getrandbits(63))
-        swaps = [swap(caption, rule, rng) for swap, rule in (
-            (swap_one_word, self.itm_swap_words), (swap_phrase_order, self.itm_swap_order)) if rule]
+        swaps = []
+        if self.itm_swap_words:
+            swaps.append(swap_one_word(caption, self.itm_swap_words, rng))
+        if self.itm_swap_order:
+            swaps.append(swap_phrase_order(caption, self.itm_swap_order, rng))
         swaps = [swapped for swapped in swaps if swapped is not None]
-        return swaps[rng.randrange(len(swaps))] if len(swaps) > 1 else (swaps or [None])[0]
+        if len(swaps) > 1:  # open to both kinds of swap: one of them at equal odds
+            return swaps[rng.randrange(len(swaps))]
+        return swaps[0] if swaps else None
 
     def _encode(self, text: str) -> torch.Tensor:
         return encode_prompt(self.tokenizer, text, self.max_text_len)[0]

@@ -46,7 +46,7 @@ def _overlap(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> bool:
 
 
 # find_phrases: words that end a phrase (prepositions, conjunctions, pronouns, auxiliaries) and words dropped from a
-# phrase's start (articles, possessives, demonstratives, small numbers).
+# phrase's start (articles, possessives, demonstratives, small numbers; swapped_captions moves them with their phrase).
 _BREAK_WORDS = frozenset(
     "of in on at to with by for from into onto over under above below behind beside beneath near next between "
     "through across around against along among inside outside up down off out about toward towards left right "
@@ -54,7 +54,7 @@ _BREAK_WORDS = frozenset(
     "is are was were be been being has have had do does did can could will would may might "
     "it its they them he him she we us you i me there here not".split()
 )
-_LEADING_WORDS = frozenset(
+LEADING_WORDS = frozenset(
     "a an the this these those some any each every another his her their our your my "
     "one two three four five six seven eight nine ten".split()
 )
@@ -75,7 +75,7 @@ def find_phrases(caption: str) -> list[Spans]:
     position = 0
 
     def close_run() -> None:
-        while run and run[0].group(0).lower() in _LEADING_WORDS:
+        while run and run[0].group(0).lower() in LEADING_WORDS:
             run.pop(0)
         if run:
             phrases.append([[run[0].start(), run[-1].end()]])
@@ -83,7 +83,7 @@ def find_phrases(caption: str) -> list[Spans]:
 
     for word in _WORD.finditer(caption):
         lower = word.group(0).lower()
-        starts_phrase = lower in _LEADING_WORDS and any(w.group(0).lower() not in _LEADING_WORDS for w in run)
+        starts_phrase = lower in LEADING_WORDS and any(w.group(0).lower() not in LEADING_WORDS for w in run)
         if caption[position : word.start()].strip() or lower in _BREAK_WORDS or starts_phrase:
             close_run()
         if lower not in _BREAK_WORDS:

@@ -15,7 +15,7 @@ import random
 import re
 from typing import Sequence
 
-from .phrases import find_phrases
+from .phrases import LEADING_WORDS, find_phrases
 
 _WORD = re.compile(r"[A-Za-z]+")
 _VOWELS = "aeiou"
@@ -99,22 +99,25 @@ def order_swaps(caption: str, relations: Sequence[str]) -> list[tuple[str, str]]
                 found.append((match, relation))
     swaps = []
     for match, relation in sorted(found, key=lambda item: item[0].start()):
-        before = [(s, e) for s, e in phrases if e <= match.start() and not caption[e:match.start()].strip()]
-        after = [_with_leading_words(caption, s, e) for s, e in phrases if s >= match.end()]
-        after = [(s, e) for s, e in after if not caption[match.end():s].strip()]
-        if before and after:
-            (s1, e1), (s2, e2) = _with_leading_words(caption, *before[0]), after[0]
-            first, second = caption[s1:e1], caption[s2:e2]
-            swapped = caption[:s1] + _case_like(second, first) + caption[e1:s2] + _case_like(first, second)
-            swaps.append((relation, swapped + caption[e2:]))
+        before = [(s, e) for s, e in phrases if e <= match.start()][-1:]
+        after = [(s, e) for s, e in phrases if s >= match.end()][:1]
+        if not before or not after or caption[before[0][1]:match.start()].strip():
+            continue
+        (s1, e1), (s2, e2) = _with_leading_words(caption, *before[0]), _with_leading_words(caption, *after[0])
+        if caption[match.end():s2].strip():
+            continue
+        first, second = caption[s1:e1], caption[s2:e2]
+        swapped = caption[:s1] + _case_like(second, first) + caption[e1:s2] + _case_like(first, second)
+        swaps.append((relation, swapped + caption[e2:]))
     return swaps
 
 
 def _with_leading_words(caption: str, start: int, end: int) -> tuple[int, int]:
-    """The span [start, end) of a phrase widened back over the articles and numbers just before it (as "a", "three")."""
+    """The span [start, end) of a phrase widened back over the leading words just before it (articles, numbers,
+    possessives: `phrases.LEADING_WORDS`)."""
     while True:
         match = re.search(r"\b([A-Za-z]+)\s+$", caption[:start])
-        if not match or match.group(1).lower() not in _LEADING_WORDS:
+        if not match or match.group(1).lower() not in LEADING_WORDS:
             return start, end
         start = match.start()
 
@@ -125,5 +128,3 @@ def _case_like(text: str, place: str) -> str:
         return text
     return (text[0].upper() if place[:1].isupper() else text[0].lower()) + text[1:]
 
-
-_LEADING_WORDS = frozenset("a an the one two three four five six seven eight nine ten".split())

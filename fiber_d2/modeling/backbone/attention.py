@@ -46,7 +46,8 @@ def multi_head_attention(
     query, key, value = (split_heads(x, num_heads) for x in (query, key, value))
     if bias is not None and bias.requires_grad and query.device.type == "cpu" and torch.is_grad_enabled():
         scores = torch.matmul(query, key.transpose(-2, -1)).mul_(query.shape[-1] ** -0.5).add_(bias)
-        out = torch.matmul(F.dropout(scores.softmax(-1), dropout_p) if dropout_p else scores.softmax(-1), value)
+        probabilities = F.dropout(scores.softmax(-1), dropout_p) if dropout_p else scores.softmax(-1)
+        out = torch.matmul(probabilities, value)
     else:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
     return merge_heads(out)
