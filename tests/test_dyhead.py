@@ -366,3 +366,19 @@ def test_parameter_names_map_one_to_one_onto_the_official_ones():
     ours = {name: tuple(tensor.shape) for name, tensor in tower.state_dict().items()}
     renamed = {rename(key): shape for key, shape in official.items()}
     assert renamed == ours
+
+
+def test_box_and_centerness_products_equal_the_one_by_one_convolutions():
+    from fiber_d2.modeling.grounding.head import GroundingHead
+
+    torch.manual_seed(0)
+    head = GroundingHead(channels=16, text_dim=8, num_levels=2, num_convs=1, norm_groups=4).double()
+    for layer in (head.bbox_pred, head.centerness):
+        torch.nn.init.normal_(layer.bias)
+    levels = [torch.randn(2, 16, 6, 5, dtype=torch.float64), torch.randn(2, 16, 3, 3, dtype=torch.float64)]
+    text, mask = torch.randn(2, 4, 8, dtype=torch.float64), torch.ones(2, 4, dtype=torch.bool)
+    _, box_deltas, centerness = head(levels, text, mask)
+    for level, feature in enumerate(head.tower(levels)):
+        expected_boxes = head.scales[level](head.bbox_pred(feature)).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(box_deltas[level], expected_boxes, rtol=0, atol=1e-14)
+        torch.testing.assert_close(centerness[level], head.centerness(feature).flatten(1), rtol=0, atol=1e-14)

@@ -414,3 +414,28 @@ def test_attention_with_a_trained_bias_equals_scaled_dot_product_attention():
     for a, b in zip(torch.autograd.grad((ours * weights).sum(), (q, k, v, table)),
                     torch.autograd.grad((reference * weights).sum(), (q, k, v, table))):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def test_attention_under_cpu_autocast_is_written_out_and_close_to_float32(monkeypatch):
+    """Under bfloat16 autocast the CPU attention skips scaled_dot_product_attention (its bfloat16 kernel is the slow
+    one) and stays within bfloat16 rounding of the float32 attention, padding bias included."""
+    from fiber_d2.modeling.backbone import attention
+    from fiber_d2.modeling.backbone.attention import multi_head_attention, padding_bias
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 30, 64, generator=generator)
+    k, v = (torch.randn(2, 12, 64, generator=generator) for _ in range(2))
+    bias = padding_bias(torch.tensor([[1] * 12, [1] * 7 + [0] * 5]), torch.float32)
+    reference = multi_head_attention(q, k, v, 4, bias=bias)
+    calls = []
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(a))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = multi_head_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 4, bias=bias)
+    assert calls == [] and ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), reference, rtol=0.03, atol=0.03)
+    # the padded keys of the second sample get no weight: changing them changes nothing
+    k2, v2 = k.clone(), v.clone()
+    k2[1, 7:], v2[1, 7:] = 100.0, -100.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = multi_head_attention(q.bfloat16(), k2.bfloat16(), v2.bfloat16(), 4, bias=bias)
+    assert torch.equal(ours, again)

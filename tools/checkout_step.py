@@ -8,7 +8,8 @@ has: `add_fiber_config`, and a `Trainer` in `fiber_d2.engine.trainer` or, in old
 The model starts from random weights (seed 0); the loader is the checkout's own with `DATALOADER.NUM_WORKERS 0`,
 seeded (0) so that every process draws the same images in the same order, and its batches are taken before the
 timing. A step is forward, losses, backward and the optimizer step (the trainer's
-optimizer, with its gradient clipping), on the CPU. Prints one JSON line: the CPU milliseconds of each timed step
+optimizer, with its gradient clipping), on the CPU; with SOLVER.AMP.ENABLED the forward runs under bfloat16
+autocast, as the checkout's mixed-precision trainer does. Prints one JSON line: the CPU milliseconds of each timed step
 (`time.process_time`) and the mean pixels per image of the timed batches.
 """
 import json
@@ -54,11 +55,13 @@ def main(argv: list) -> None:
     optimizer = Trainer.build_optimizer(cfg, model)
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(int(warmup) + int(iters))]
+    precision = autocast_precision(cfg)
     cpu_ms = []
     with EventStorage(0):
         for index, batch in enumerate(batches):
             start = time.process_time()
-            losses = sum(model(batch).values())
+            with torch.autocast("cpu", dtype=precision or torch.bfloat16, enabled=precision is not None):
+                losses = sum(model(batch).values())
             optimizer.zero_grad()
             losses.backward()
             optimizer.step()
@@ -67,6 +70,20 @@ def main(argv: list) -> None:
     timed = batches[int(warmup):]
     pixels = sum(x["image"].shape[-2] * x["image"].shape[-1] for b in timed for x in b) / sum(map(len, timed))
     print(json.dumps({"cpu_ms": cpu_ms, "pixels_per_image": pixels, "batch": len(timed[0])}))
+
+
+def autocast_precision(cfg):
+    """The forward's autocast dtype: the checkout's `amp_precision` with SOLVER.AMP.ENABLED, else None (float32).
+    bfloat16 only: its backward needs no gradient scaler, so the step above is the trainer's."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return None
+    import torch
+    from fiber_d2.engine.amp import amp_precision
+
+    precision = amp_precision(cfg)
+    if precision != torch.bfloat16:
+        raise SystemExit(f"checkout_step: SOLVER.AMP.PRECISION must give bfloat16 on the CPU, not {precision}")
+    return precision
 
 
 if __name__ == "__main__":

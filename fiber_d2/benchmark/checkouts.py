@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=positive_int, default=20, help="timed steps per process (default 20)")
     parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps before them (default 3)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--ours-opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides KEY VALUE ... of this checkout only (e.g. SOLVER.AMP.ENABLED True)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides KEY VALUE ... of both checkouts (must come last)")
 
@@ -39,10 +41,11 @@ def commit_of(root: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def process_steps(root: Path, args: argparse.Namespace) -> dict:
-    """One process of the checkout at `root`: {"cpu_ms": [per timed step], "pixels_per_image", "batch"}."""
+def process_steps(root: Path, args: argparse.Namespace, opts: list[str]) -> dict:
+    """One process of the checkout at `root` with config overrides `opts`: {"cpu_ms": [per timed step],
+    "pixels_per_image", "batch"}."""
     command = [sys.executable, str(STEP_SCRIPT), str(root), args.config_file, str(args.iters), str(args.warmup),
-               str(args.threads), *args.opts]
+               str(args.threads), *opts]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -58,12 +61,12 @@ def run(args: argparse.Namespace, emit: Emit) -> None:
         if not (root / args.config_file).is_file():
             raise BenchmarkError(f"checkouts: {name} checkout {root} has no config {args.config_file}")
     common = {"bench": "checkouts", "model": Path(args.config_file).stem, "device": "cpu", "threads": args.threads,
-              "warmup": args.warmup, "iters": args.iters, "opts": list(args.opts)}
+              "warmup": args.warmup, "iters": args.iters, "opts": list(args.opts), "ours_opts": list(args.ours_opts)}
     commits = {name: commit_of(root) for name, root in roots.items()}
     medians: dict[str, list[float]] = {"baseline": [], "ours": []}
     for index in range(args.processes):
         for name, root in roots.items():
-            steps = process_steps(root, args)
+            steps = process_steps(root, args, args.opts + (args.ours_opts if name == "ours" else []))
             medians[name].append(statistics.median(steps["cpu_ms"]))
             logger.info("checkouts: %s process %d: %.1f CPU ms per step", name, index + 1, medians[name][-1])
             emit({**common, "metric": "process", "variant": name, "commit": commits[name], "process": index,

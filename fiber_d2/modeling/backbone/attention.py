@@ -38,14 +38,23 @@ def multi_head_attention(
     bias: additive logits broadcastable to [..., num_heads, Lq, Lk] (relative position bias, masks as large negatives).
     Returns [..., Lq, C].
 
-    On a CPU, with a bias that needs a gradient (the Swin's relative position bias in training), the attention is
-    written out: scaled_dot_product_attention's CPU path for that case is its math path plus a guard for rows that are
-    masked everywhere (`all` and `where` over the scores), which none of our biases makes (their masks are finite).
-    The same values to float rounding, in 0.75-0.9x the CPU time forward and backward at FIBER-tiny's window shapes.
+    On a CPU the attention is written out (matrix multiplies, then the scores and softmax in float32 at least) in two
+    cases, the same values to float rounding:
+    - with a bias that needs a gradient (the Swin's relative position bias in training): scaled_dot_product_attention's
+      CPU path for that case is its math path plus a guard for rows that are masked everywhere (`all` and `where` over
+      the scores), which none of our biases makes (their masks are finite); 0.75-0.9x the CPU time forward and
+      backward at FIBER-tiny's window shapes;
+    - under autocast to a lower precision: the CPU flash kernel in bfloat16 is slower than in float32 (its backward
+      2.3x at FIBER-tiny's cross-attention shapes), while bfloat16 matrix multiplies are about 2x faster than float32.
     """
     query, key, value = (split_heads(x, num_heads) for x in (query, key, value))
-    if bias is not None and bias.requires_grad and query.device.type == "cpu" and torch.is_grad_enabled():
-        scores = torch.matmul(query, key.transpose(-2, -1)).mul_(query.shape[-1] ** -0.5).add_(bias)
+    if query.device.type == "cpu" and (
+        torch.is_autocast_enabled("cpu") or (bias is not None and bias.requires_grad and torch.is_grad_enabled())
+    ):
+        scores = torch.matmul(query, key.transpose(-2, -1))
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).mul_(query.shape[-1] ** -0.5)
+        if bias is not None:
+            scores = scores.add_(bias)
         probabilities = F.dropout(scores.softmax(-1), dropout_p) if dropout_p else scores.softmax(-1)
         out = torch.matmul(probabilities, value)
     else:

@@ -133,8 +133,10 @@ class BilinearSampling(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             # d loss / d weight[n, c] = <grad[n], rows[index[n, c]]>, embedding_bag's own per-sample-weight gradient
             bags = torch.arange(index.shape[0], device=flat.device)
+            # in float32 at least: the CPU kernel takes 2x as long in bfloat16 as in float32, conversions included
+            wide = torch.promote_types(grad.dtype, torch.float32)
             corner_grad = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad, rows, flat, bags * 4, bags.repeat_interleave(4), 0, -1
+                grad.to(wide), rows.to(wide), flat, bags * 4, bags.repeat_interleave(4), 0, -1
             )
             # one contiguous [B, S] tensor per corner (y0, x0), (y0, x1), (y1, x0), (y1, x1)
             corners = corner_grad.to(weight.dtype).view(-1, 4).t().contiguous().view((4,) + mask.shape)

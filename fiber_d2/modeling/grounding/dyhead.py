@@ -196,9 +196,17 @@ class DyHeadLayer(nn.Module):
                 coarser = self.convs[0](features[level + 1], offset, mask)
                 branches.append(F.interpolate(coarser, size=feature.shape[-2:], mode="bilinear", align_corners=True))
             # The mean of the branches, each weighted by its scale attention [B, 1, 1, 1].
-            mixed = sum(branch * hard_sigmoid(self.scale_attention(branch)) for branch in branches) / len(branches)
+            mixed = sum(branch * self.scale_weight(branch) for branch in branches) / len(branches)
             outputs.append(self.dyrelu(mixed))
         return outputs
+
+    def scale_weight(self, branch: torch.Tensor) -> torch.Tensor:
+        """branch [B, C, H, W] -> hard_sigmoid(ReLU(conv1x1(avgpool(branch)))) [B, 1, 1, 1]. The 1x1 convolution of a
+        1x1 map is computed as the matrix product it is (in bfloat16 oneDNN's convolution took 0.34 ms per call here,
+        against 0.09 in float32)."""
+        conv = self.scale_attention[1]
+        pooled = branch.mean(dim=(2, 3))
+        return hard_sigmoid(F.relu(F.linear(pooled, conv.weight.flatten(1), conv.bias)))[:, :, None, None]
 
 
 class DyHeadTower(nn.Module):

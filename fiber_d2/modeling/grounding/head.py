@@ -33,6 +33,9 @@ class LevelScale(nn.Module):
 class GroundingHead(nn.Module):
     """DyHead tower + 1x1 box/centerness predictors + token alignment logits; one anchor per location.
 
+    The 1x1 predictors keep their convolution parameters (official names and shapes) and run as one matrix product
+    (the same values; a 1x1 convolution to 1 or 4 channels takes oneDNN 0.3 ms per call in bfloat16).
+
     log_scale: initial value of the learnable log temperature (GLIP/FIBER: 0; negative values sharpen the logits).
     """
 
@@ -76,13 +79,17 @@ class GroundingHead(nn.Module):
         tokens = self.text_projection(text / 2.0)  # [B, T, C]
         token_bias = text @ self.bias_lang + self.bias0  # [B, T]
         inverse_temperature = torch.exp(-self.log_scale)
+        # The two 1x1 convolutions as one product with the anchors' features: [4 + 1, C] (box deltas, centerness).
+        box_weight = torch.cat([self.bbox_pred.weight, self.centerness.weight]).flatten(1)
+        box_bias = torch.cat([self.bbox_pred.bias, self.centerness.bias])
         token_logits, box_deltas, centerness = [], [], []
         for level, feature in enumerate(self.tower(features)):
             queries = _flatten_anchors(feature)  # [B, A, C]
             logits = queries @ tokens.transpose(1, 2) * inverse_temperature + token_bias.unsqueeze(1)
             token_logits.append(logits.clamp(-LOGIT_CLAMP, LOGIT_CLAMP))
-            box_deltas.append(_flatten_anchors(self.scales[level](self.bbox_pred(feature))))
-            centerness.append(_flatten_anchors(self.centerness(feature)).squeeze(-1))
+            boxes = nn.functional.linear(queries, box_weight, box_bias)  # [B, A, 5]
+            box_deltas.append(self.scales[level](boxes[..., :4]))
+            centerness.append(boxes[..., 4])
         return token_logits, box_deltas, centerness
 
 
