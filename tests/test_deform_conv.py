@@ -12,8 +12,8 @@ from fiber_d2.modeling.grounding.deform_conv import (
     axis_corners,
     bilinear_corners,
     deform_conv_sampled,
+    deform_convs_sampled,
     column_positions,
-    deformed_positions,
     modulated_deform_conv,
     pad_rows,
     sample_padded,
@@ -185,23 +185,30 @@ def test_gpu_uses_torchvision():
 
 def test_bfloat16_offsets_are_placed_at_float32_positions():
     # Under autocast the offset conv gives bfloat16 offsets; the sample at column 150 + 0.25 must keep its 0.25
-    # (bfloat16 spacing between 128 and 256 is 1). One output at x = 150 (3x1 kernel row, centre tap 1).
+    # (bfloat16 spacing between 128 and 256 is 1). One output at x = 150 (1x1 kernel).
     offset = torch.zeros(1, 2, 1, 151, dtype=torch.bfloat16)
     offset[0, 1, 0, 150] = 0.25
-    position = deformed_positions(offset, (1, 1), stride=1, padding=0)
-    assert position.dtype == torch.float32 and position[0, 0, 150, 0].tolist() == [0.0, 150.25]
     y, x = column_positions(offset, (1, 1), stride=1, padding=0)  # the inference path's layout
     assert x.dtype == torch.float32 and (y[0, 0, 0, 150, 0].item(), x[0, 0, 0, 150, 0].item()) == (0.0, 150.25)
+    # the autograd path: a 1-channel image of value (column - 150), exact in bfloat16; sampled at 150.25 it blends to
+    # 0.25, where a position rounded to bfloat16 (150) would give 0
+    image = (torch.arange(152) - 150).to(torch.bfloat16).view(1, 1, 1, 152).requires_grad_()
+    weight = torch.ones(1, 1, 1, 1, dtype=torch.bfloat16)
+    job = deform_conv.DeformJob(0, offset, torch.ones(1, 1, 1, 151, dtype=torch.bfloat16), weight, None, 1)
+    assert deform_convs_sampled([image], [job], padding=0)[0][0, 0, 0, 150].item() == 0.25
 
 
-def test_column_positions_are_the_deformed_positions_in_column_image_order():
-    # [B, Ho, Wo, taps, 2] -> (b, i, tap_y, j, tap_x), for a 3x3 kernel at stride 2, an offset view as the DyHead's
+def test_column_positions_are_the_offsets_plus_the_kernel_grid_in_column_image_order():
+    # (b, i, tap_y, j, tap_x): y = i * stride - padding + tap_y + dy, x likewise, for a 3x3 kernel at stride 2 and an
+    # offset view as the DyHead's
     offset_mask = torch.randn(2, 27, 4, 3, generator=torch.Generator().manual_seed(5))
     offset = offset_mask[:, :18]
-    position = deformed_positions(offset, (3, 3), stride=2, padding=1).view(2, 4, 3, 3, 3, 2).transpose(2, 3)
     y, x = column_positions(offset, (3, 3), stride=2, padding=1)
-    assert y.is_contiguous() and x.is_contiguous()
-    assert torch.equal(y, position[..., 0]) and torch.equal(x, position[..., 1])
+    assert y.is_contiguous() and x.is_contiguous() and y.shape == (2, 4, 3, 3, 3)
+    for b, i, tap_y, j, tap_x in [(0, 0, 0, 0, 0), (1, 3, 2, 2, 1), (0, 2, 1, 1, 2), (1, 1, 0, 0, 2)]:
+        tap = tap_y * 3 + tap_x
+        assert y[b, i, tap_y, j, tap_x].item() == pytest.approx(i * 2 - 1 + tap_y + offset[b, 2 * tap, i, j].item())
+        assert x[b, i, tap_y, j, tap_x].item() == pytest.approx(j * 2 - 1 + tap_x + offset[b, 2 * tap + 1, i, j].item())
 
 
 def test_bfloat16_gradients_are_within_bfloat16_rounding_of_float32():
@@ -215,3 +222,46 @@ def test_bfloat16_gradients_are_within_bfloat16_rounding_of_float32():
         assert a.dtype == torch.bfloat16, name
         scale = b.abs().max().item()
         assert (a.float() - b).abs().max().item() <= 0.02 * scale, name  # measured: at most 0.0055
+
+
+def test_several_convolutions_in_one_gather_equal_each_alone_in_float64():
+    """`deform_convs_sampled`: inputs of three sizes, strides 1 and 2, a shared weight (one product for the run) and
+    one without bias: outputs and every gradient equal torchvision's convolution by convolution."""
+    generator = torch.Generator().manual_seed(7)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).requires_grad_()
+
+    inputs = [rand(2, 4, 9, 7), rand(2, 4, 5, 4), rand(2, 4, 3, 2)]
+    weights = [rand(3, 4, 3, 3, scale=0.3), rand(3, 4, 3, 3, scale=0.3)]
+    bias = rand(3)
+    plan = [(0, 1, weights[0], bias), (1, 1, weights[0], bias), (0, 2, weights[1], None), (2, 1, weights[1], None)]
+    jobs = []
+    for source, stride, weight, job_bias in plan:
+        height, width = ((size - 1) // stride + 1 for size in inputs[source].shape[-2:])
+        jobs.append(deform_conv.DeformJob(source, rand(2, 18, height, width, scale=2.0),
+                                          torch.rand(2, 9, height, width, generator=generator,
+                                                     dtype=torch.float64).requires_grad_(),
+                                          weight, job_bias, stride))
+    ours = deform_conv.deform_convs_sampled(inputs, jobs)
+    expected = [_torchvision(inputs[j.input], j.offset, j.mask, j.weight, j.bias, stride=j.stride) for j in jobs]
+    leaves = [*inputs, *weights, bias, *(t for j in jobs for t in (j.offset, j.mask))]
+    cotangents = [torch.randn(e.shape, generator=generator, dtype=torch.float64) for e in expected]
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    ours_grads = torch.autograd.grad(sum((o * c).sum() for o, c in zip(ours, cotangents)), leaves)
+    expected_grads = torch.autograd.grad(sum((e * c).sum() for e, c in zip(expected, cotangents)), leaves)
+    for index, (a, b) in enumerate(zip(ours_grads, expected_grads)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=f"leaf {index}")
+
+
+def test_a_dyhead_layer_samples_all_its_convolutions_in_one_gather(monkeypatch):
+    from fiber_d2.modeling.grounding.dyhead import DyHeadLayer
+
+    layer = DyHeadLayer(8, norm_groups=2)
+    levels = [torch.randn(1, 8, 6, 6), torch.randn(1, 8, 3, 3), torch.randn(1, 8, 2, 2)]
+    calls = []
+    apply = BilinearSampling.apply
+    monkeypatch.setattr(BilinearSampling, "apply", lambda *args: calls.append(args) or apply(*args))
+    layer(levels)  # training: 3 + 2 + 2 convolutions
+    assert len(calls) == 1 and calls[0][1].shape == (1, 9 * (36 + 9 + 4 + 9 + 4 + 9 + 4), 2)

@@ -20,10 +20,14 @@ gradients), and the sample weights' gradient gives the offsets' and the mask's t
 a whole-pixel position is the one-sided derivative of the DCN kernels (corners floor(p) and floor(p) + 1). On 2 CPU
 cores this is about 1.5x faster than autograd through `embedding_bag` and the weight formula. On GPU, torchvision's
 op is used. `modulated_deform_conv` picks the path. docs/BENCHMARKS.md (`dcn`) has the timings.
+Several convolutions with autograd (the 13 of a DyHead layer over 5 FPN levels) run as one gather over the rows of
+all their inputs and one matrix multiply per weight (`deform_convs_sampled`, `modulated_deform_convs`): the same
+values, with the per-call work (sort, sample-weight gradient, dispatch of some 100 small operations) done once.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,32 +46,39 @@ class AxisCorners(NamedTuple):
     high_inside: torch.Tensor
 
 
-def axis_corners(position: torch.Tensor, size: int) -> AxisCorners:
-    """Sample coordinates [B, S] along an axis of `size` pixels -> their `AxisCorners`. Every step runs on whole
-    [B, S] tensors: PyTorch's elementwise loops do not vectorise small trailing axes such as (low, high)."""
+def axis_corners(position: torch.Tensor, size: int | torch.Tensor) -> AxisCorners:
+    """Sample coordinates [B, S] along an axis of `size` pixels (an int, or a long tensor broadcastable to [B, S]:
+    each sample's own) -> their `AxisCorners`. Every step runs on whole [B, S] tensors: PyTorch's elementwise loops
+    do not vectorise small trailing axes such as (low, high)."""
     low = position.floor()
     fraction = position - low
     low_inside = ((low >= 0) & (low < size)).to(position.dtype)
     high_inside = ((low >= -1) & (low < size - 1)).to(position.dtype)
     low = low.long()
     return AxisCorners(
-        low.clamp(0, size - 1), (low + 1).clamp(0, size - 1), (1 - fraction) * low_inside, fraction * high_inside,
-        low_inside, high_inside,
+        low.clamp_min(0).clamp_max(size - 1), (low + 1).clamp_min(0).clamp_max(size - 1), (1 - fraction) * low_inside,
+        fraction * high_inside, low_inside, high_inside,
     )
 
 
 def bilinear_corners(
-    position: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    position: torch.Tensor,
+    mask: torch.Tensor,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The 4 bilinear corners of samples of an image batch of height x width (no autograd).
 
     position [B, S, 2] as (y, x) in pixels of image b; mask [B, S] -> index [B*S, 4]: rows of the input as
     [B*H*W, C] (image b's rows start at b*H*W), corners (y0, x0), (y0, x1), (y1, x0), (y1, x1); weight [B*S, 4]: the
-    bilinear weight times the mask, 0 for a corner outside the image (its index is clamped).
+    bilinear weight times the mask, 0 for a corner outside the image (its index is clamped). Samples of images of
+    several sizes: height, width and start (the row of the sample's image's first pixel), long tensors [B, S].
     """
     batch = mask.shape[0]
     y, x = axis_corners(position[..., 0], height), axis_corners(position[..., 1], width)
-    start = (torch.arange(batch, device=position.device) * (height * width)).view(batch, 1)
+    if start is None:
+        start = (torch.arange(batch, device=position.device) * (height * width)).view(batch, 1)
     top, bottom = y.low * width + start, y.high * width + start
     index = torch.stack([top + x.low, top + x.high, bottom + x.low, bottom + x.high], dim=-1)
     top, bottom = y.low_weight * mask, y.high_weight * mask  # the mask goes with the y weights
@@ -109,11 +120,22 @@ def sample_padded(
 
 class BilinearSampling(torch.autograd.Function):
     """rows [B*H*W, C] (images of height x width, channels last), position [B, S, 2] (y, x), mask [B, S] ->
-    columns [B*S, C] = mask x the bilinear blend of each sample's 4 corners (0 outside the image)."""
+    columns [B*S, C] = mask x the bilinear blend of each sample's 4 corners (0 outside the image).
+
+    Images of several sizes in one call (`deform_convs_sampled`): height, width and start are long tensors [B, S]
+    (see `bilinear_corners`)."""
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, height: int, width: int):
-        index, weight = bilinear_corners(position, mask, height, width)
+    def forward(
+        ctx,
+        rows: torch.Tensor,
+        position: torch.Tensor,
+        mask: torch.Tensor,
+        height: int | torch.Tensor,
+        width: int | torch.Tensor,
+        start: torch.Tensor | None = None,
+    ):
+        index, weight = bilinear_corners(position, mask, height, width, start)
         ctx.save_for_backward(rows, index, weight, position, mask)
         ctx.size = (height, width)
         return F.embedding_bag(index, rows, per_sample_weights=weight.to(rows.dtype), mode="sum")
@@ -155,30 +177,15 @@ class BilinearSampling(torch.autograd.Function):
                     ],
                     dim=-1,
                 )
-        return grad_rows, grad_position, grad_mask, None, None
-
-
-def deformed_positions(offset: torch.Tensor, kernel: tuple[int, int], stride: int, padding: int) -> torch.Tensor:
-    """offset [B, 2*k*k, Ho, Wo] as (dy, dx) per tap (row-major) -> sample positions [B, Ho, Wo, k*k, 2] (y, x), in
-    float32 at least (under autocast too: a bfloat16 position 100 px from the origin would be 0.5 px coarse)."""
-    batch, _, out_h, out_w = offset.shape
-    kernel_h, kernel_w = kernel
-    taps = kernel_h * kernel_w
-    device = offset.device
-    tap_y, tap_x = torch.meshgrid(torch.arange(kernel_h, device=device), torch.arange(kernel_w, device=device),
-                                  indexing="ij")
-    grid_y = tap_y.reshape(1, 1, taps) + (torch.arange(out_h, device=device) * stride - padding).view(out_h, 1, 1)
-    grid_x = tap_x.reshape(1, 1, taps) + (torch.arange(out_w, device=device) * stride - padding).view(1, out_w, 1)
-    undeformed = torch.stack(torch.broadcast_tensors(grid_y, grid_x), dim=-1)  # [Ho, Wo, taps, 2]
-    dtype = torch.promote_types(offset.dtype, torch.float32)
-    offset = offset.reshape(batch, taps, 2, out_h, out_w).permute(0, 3, 4, 1, 2).to(dtype).contiguous()
-    return offset + undeformed.to(dtype)
+        return grad_rows, grad_position, grad_mask, None, None, None
 
 
 def column_positions(
     offset: torch.Tensor, kernel: tuple[int, int], stride: int, padding: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`deformed_positions` as two tensors y, x, each [B, Ho, k_h, Wo, k_w] (the column image's order), contiguous."""
+    """offset [B, 2*k*k, Ho, Wo] as (dy, dx) per tap (row-major) -> the sample positions as two tensors y, x, each
+    [B, Ho, k_h, Wo, k_w] (the column image's order), contiguous, in float32 at least (under autocast too: a bfloat16
+    position 100 px from the origin would be 0.5 px coarse)."""
     batch, _, out_h, out_w = offset.shape
     kernel_h, kernel_w = kernel
     device = offset.device
@@ -193,6 +200,98 @@ def column_positions(
     y = torch.add(offset[0], grid_y, out=offset.new_empty(shape))
     x = torch.add(offset[1], grid_x, out=offset.new_empty(shape))
     return y, x
+
+
+class DeformJob(NamedTuple):
+    """One modulated deformable convolution of `deform_convs_sampled`: it reads inputs[input]; offset
+    [B, 2*k*k, Ho, Wo] as (dy, dx) per kernel position (row-major), mask [B, k*k, Ho, Wo], weight [C', C, k, k],
+    bias [C'] or None, stride."""
+
+    input: int
+    offset: torch.Tensor
+    mask: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: int
+
+
+@functools.lru_cache(maxsize=8)
+def sample_grid(
+    layout: tuple[tuple[int, ...], ...], kernel: tuple[int, int], padding: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The data-independent part of the samples of several convolutions, in matrix order (convolution, b, i, j,
+    tap_y, tap_x). layout: per convolution (batch, input height, input width, first input row, Ho, Wo, stride) ->
+    long tensors: the undeformed positions [S, 2] (y, x) and, each [S], the input's height and width and the row of
+    the sample's image's first pixel. Cached: the DyHead's layers share their levels' sizes."""
+    kernel_h, kernel_w = kernel
+    grids, heights, widths, starts = [], [], [], []
+    for batch, height, width, first_row, out_h, out_w, stride in layout:
+        rows = torch.arange(out_h, device=device) * stride - padding
+        columns = torch.arange(out_w, device=device) * stride - padding
+        shape = (batch, out_h, out_w, kernel_h, kernel_w)
+        grid_y = (rows.view(out_h, 1, 1, 1) + torch.arange(kernel_h, device=device).view(kernel_h, 1)).expand(shape)
+        grid_x = (columns.view(out_w, 1, 1) + torch.arange(kernel_w, device=device)).expand(shape)
+        grids.append(torch.stack([grid_y, grid_x], dim=-1).reshape(-1, 2))
+        samples = grids[-1].shape[0]
+        heights.append(torch.full((samples,), height, device=device))
+        widths.append(torch.full((samples,), width, device=device))
+        image_start = torch.arange(batch, device=device) * (height * width) + first_row
+        starts.append(image_start.view(batch, 1).expand(batch, samples // batch).reshape(-1))
+    return torch.cat(grids), torch.cat(heights), torch.cat(widths), torch.cat(starts)
+
+
+def deform_convs_sampled(
+    inputs: Sequence[torch.Tensor], jobs: Sequence[DeformJob], padding: int = 1
+) -> list[torch.Tensor]:
+    """Several DCNv2 with autograd in one gather: inputs [B, C, H_i, W_i] (one batch, one channel count), jobs ->
+    outputs [B, C', Ho, Wo] in their order. One `BilinearSampling` over the rows of all inputs, then one matrix
+    multiply per run of consecutive jobs that share a weight tensor (the DyHead's 13 convolutions per layer: one
+    gather and 3 products instead of 13 each). One offset group, no dilation."""
+    _, kernel_h, kernel_w = jobs[0].weight.shape[1:]
+    taps = kernel_h * kernel_w
+    parts = [x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) for x in inputs]  # channels last
+    rows = parts[0] if len(parts) == 1 else torch.cat(parts)
+    first_rows = [0]
+    for x in inputs:
+        first_rows.append(first_rows[-1] + x.numel() // x.shape[1])
+    layout = tuple(
+        (*inputs[job.input].shape[:1], *inputs[job.input].shape[2:], first_rows[job.input], *job.offset.shape[2:],
+         job.stride)
+        for job in jobs
+    )
+    grid, height, width, start = sample_grid(layout, (kernel_h, kernel_w), padding, rows.device)
+    dtype = torch.promote_types(jobs[0].offset.dtype, torch.float32)  # positions in float32 at least (see below)
+    offsets = torch.cat([job.offset.reshape(job.offset.shape[0], taps, 2, *job.offset.shape[2:])
+                         .permute(0, 3, 4, 1, 2).reshape(-1, 2) for job in jobs])
+    masks = torch.cat([job.mask.reshape(job.mask.shape[0], taps, *job.mask.shape[2:]).permute(0, 2, 3, 1).reshape(-1)
+                       for job in jobs])
+    position = offsets.to(dtype) + grid
+    columns = BilinearSampling.apply(rows, position[None], masks.to(dtype)[None], height[None], width[None],
+                                     start[None])
+    columns = columns.view(-1, taps * rows.shape[1])  # one row of k*k*C columns per output position
+    groups = _runs_of_one_weight(jobs)
+    sizes = [[job.offset.shape[0] * job.offset.shape[2] * job.offset.shape[3] for job in group] for group in groups]
+    outputs: list[torch.Tensor] = []
+    # split, not slices: the backward of a slice would write each part's gradient into zeros of the whole
+    for group, group_sizes, part in zip(groups, sizes, columns.split([sum(s) for s in sizes])):
+        weight, bias = group[0].weight, group[0].bias
+        matrix = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t()  # [(tap_y, tap_x, c), C']
+        out = part @ matrix if bias is None else torch.addmm(bias, part, matrix)
+        for job, piece in zip(group, out.split(group_sizes)):
+            batch, _, out_h, out_w = job.offset.shape
+            outputs.append(piece.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2).contiguous())
+    return outputs
+
+
+def _runs_of_one_weight(jobs: Sequence[DeformJob]) -> list[list[DeformJob]]:
+    """Consecutive jobs grouped while they share their weight and bias tensors."""
+    runs: list[list[DeformJob]] = []
+    for job in jobs:
+        if runs and runs[-1][0].weight is job.weight and runs[-1][0].bias is job.bias:
+            runs[-1].append(job)
+        else:
+            runs.append([job])
+    return runs
 
 
 def deform_conv_sampled(
@@ -213,21 +312,14 @@ def deform_conv_sampled(
     with_autograd = torch.is_grad_enabled() and any(
         tensor is not None and tensor.requires_grad for tensor in (x, offset, mask, weight, bias)
     )
-    if not with_autograd:  # column image order (b, i, tap_y, j, tap_x)
-        sample_y, sample_x = column_positions(offset, (kernel_h, kernel_w), stride, padding)
-        mask = mask.reshape(batch, kernel_h, kernel_w, out_h, out_w).permute(0, 3, 1, 4, 2).to(sample_y.dtype)
-        columns = sample_padded(pad_rows(x), (height, width), sample_y, sample_x, mask)
-        image = columns.view(batch, out_h * kernel_h, out_w * kernel_w, channels).permute(0, 3, 1, 2)
-        return F.conv2d(image, weight, bias, stride=(kernel_h, kernel_w)).contiguous()
-    position = deformed_positions(offset, (kernel_h, kernel_w), stride, padding)  # [B, Ho, Wo, taps, 2]
-    mask = mask.reshape(batch, kernel_h * kernel_w, out_h, out_w).permute(0, 2, 3, 1).to(position.dtype)
-    # Matrix order (b, i, j, tap_y, tap_x): one row of k*k*C columns per output position.
-    rows = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, channels)
-    columns = BilinearSampling.apply(rows, position.reshape(batch, -1, 2), mask.reshape(batch, -1), height, width)
-    matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, -1).t()  # [(tap_y, tap_x, c), C']
-    columns = columns.view(batch * out_h * out_w, -1)
-    out = columns @ matrix if bias is None else torch.addmm(bias, columns, matrix)
-    return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2).contiguous()
+    if with_autograd:
+        return deform_convs_sampled([x], [DeformJob(0, offset, mask, weight, bias, stride)], padding)[0]
+    # column image order (b, i, tap_y, j, tap_x)
+    sample_y, sample_x = column_positions(offset, (kernel_h, kernel_w), stride, padding)
+    mask = mask.reshape(batch, kernel_h, kernel_w, out_h, out_w).permute(0, 3, 1, 4, 2).to(sample_y.dtype)
+    columns = sample_padded(pad_rows(x), (height, width), sample_y, sample_x, mask)
+    image = columns.view(batch, out_h * kernel_h, out_w * kernel_w, channels).permute(0, 3, 1, 2)
+    return F.conv2d(image, weight, bias, stride=(kernel_h, kernel_w)).contiguous()
 
 
 def modulated_deform_conv(
@@ -243,3 +335,20 @@ def modulated_deform_conv(
     if x.device.type == "cpu":
         return deform_conv_sampled(x, offset, mask, weight, bias, stride, padding)
     return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, mask=mask)
+
+
+def modulated_deform_convs(
+    inputs: Sequence[torch.Tensor], jobs: Sequence[DeformJob], padding: int = 1
+) -> list[torch.Tensor]:
+    """Several DCNv2 over `inputs` (see `DeformJob`) -> their outputs in order: on CPU with autograd one gather
+    (`deform_convs_sampled`), otherwise each convolution on its own (`modulated_deform_conv`)."""
+    with_autograd = torch.is_grad_enabled() and any(
+        tensor is not None and tensor.requires_grad
+        for tensor in (*inputs, *(t for job in jobs for t in (job.offset, job.mask, job.weight, job.bias)))
+    )
+    if with_autograd and inputs[0].device.type == "cpu":
+        return deform_convs_sampled(inputs, jobs, padding)
+    return [
+        modulated_deform_conv(inputs[job.input], job.offset, job.mask, job.weight, job.bias, job.stride, padding)
+        for job in jobs
+    ]

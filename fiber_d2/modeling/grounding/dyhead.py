@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deform_conv import modulated_deform_conv
+from .deform_conv import DeformJob, modulated_deform_conv, modulated_deform_convs
 
 OFFSET_CHANNELS = 18  # (dy, dx) for each of the 9 kernel taps
 MASK_CHANNELS = 9
@@ -180,20 +180,54 @@ class DyHeadLayer(nn.Module):
             nn.init.zeros_(self.offset.weight)  # official: PyTorch's default init (see the module doc)
             nn.init.zeros_(self.offset.bias)
 
+    def branch_inputs(self, num_levels: int) -> list[tuple[int, int, int]]:
+        """The spatial-attention convolutions of one layer as (conv index, input level, output level), grouped by
+        conv: `convs[1]` on every level, `convs[2]` from each finer level, `convs[0]` from each coarser level."""
+        return (
+            [(1, level, level) for level in range(num_levels)]
+            + [(2, level - 1, level) for level in range(1, num_levels)]
+            + [(0, level + 1, level) for level in range(num_levels - 1)]
+        )
+
+    def branches(self, features: list[torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:
+        """Every spatial-attention convolution of the layer -> {(conv index, output level): [B, C, h, w]} (before the
+        coarser branch is resized). Deformable: all in one `modulated_deform_convs` call (one gather on a CPU in
+        training), each with the offsets and masks of its output level."""
+        branches = self.branch_inputs(len(features))
+        if not self.deformable:
+            return {(conv, out): self.convs[conv](features[source]) for conv, source, out in branches}
+        offsets, masks = [], []
+        for feature in features:
+            offset_mask = self.offset(feature)
+            offsets.append(offset_mask[:, :OFFSET_CHANNELS])
+            masks.append(offset_mask[:, OFFSET_CHANNELS:].sigmoid())
+        jobs = []
+        for conv_index, source, out in branches:
+            conv = self.convs[conv_index]
+            height, width = conv.output_size(*features[source].shape[-2:])
+            jobs.append(DeformJob(
+                source,
+                official_offset_layout(offsets[out], OFFSET_CHANNELS, height, width),
+                official_offset_layout(masks[out], MASK_CHANNELS, height, width),
+                conv.conv.weight,
+                conv.conv.bias,
+                conv.stride,
+            ))
+        outputs = modulated_deform_convs(features, jobs)
+        return {
+            (conv, out): self.convs[conv].norm(output) for (conv, _, out), output in zip(branches, outputs)
+        }
+
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """features: levels [B, C, H_l, W_l], finest first (level l+1 = ceil-halved level l) -> the same shapes."""
+        computed = self.branches(features)
         outputs = []
         for level, feature in enumerate(features):
-            offset = mask = None
-            if self.deformable:
-                offset_mask = self.offset(feature)
-                offset = offset_mask[:, :OFFSET_CHANNELS]
-                mask = offset_mask[:, OFFSET_CHANNELS:].sigmoid()
-            branches = [self.convs[1](feature, offset, mask)]
+            branches = [computed[1, level]]
             if level > 0:
-                branches.append(self.convs[2](features[level - 1], offset, mask))
+                branches.append(computed[2, level])
             if level < len(features) - 1:
-                coarser = self.convs[0](features[level + 1], offset, mask)
+                coarser = computed[0, level]
                 branches.append(F.interpolate(coarser, size=feature.shape[-2:], mode="bilinear", align_corners=True))
             # The mean of the branches, each weighted by its scale attention [B, 1, 1, 1].
             mixed = sum(branch * self.scale_weight(branch) for branch in branches) / len(branches)
