@@ -123,7 +123,8 @@ class BilinearSampling(torch.autograd.Function):
     columns [B*S, C] = mask x the bilinear blend of each sample's 4 corners (0 outside the image).
 
     Images of several sizes in one call (`deform_convs_sampled`): height, width and start are long tensors [B, S]
-    (see `bilinear_corners`)."""
+    (see `bilinear_corners`). With `splits` (sample counts summing to B*S), the columns come as one tensor per part:
+    each part's gradient then arrives on its own, with no concatenation of the parts' gradients."""
 
     @staticmethod
     def forward(
@@ -134,32 +135,49 @@ class BilinearSampling(torch.autograd.Function):
         height: int | torch.Tensor,
         width: int | torch.Tensor,
         start: torch.Tensor | None = None,
+        splits: tuple[int, ...] | None = None,
     ):
         index, weight = bilinear_corners(position, mask, height, width, start)
         ctx.save_for_backward(rows, index, weight, position, mask)
-        ctx.size = (height, width)
-        return F.embedding_bag(index, rows, per_sample_weights=weight.to(rows.dtype), mode="sum")
+        ctx.size, ctx.splits = (height, width), splits
+        weight = weight.to(rows.dtype)
+        if splits is None:
+            return F.embedding_bag(index, rows, per_sample_weights=weight, mode="sum")
+        return tuple(F.embedding_bag(part, rows, per_sample_weights=part_weight, mode="sum")
+                     for part, part_weight in zip(index.split(splits), weight.split(splits)))
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, *grads: torch.Tensor | None):
         rows, index, weight, position, mask = ctx.saved_tensors
-        grad = grad.contiguous()
-        flat = index.view(-1)
+        splits = ctx.splits or (index.shape[0],)
+        parts = list(zip(grads, index.split(splits), weight.split(splits)))  # a grad is None for an unused part
         grad_rows = grad_position = grad_mask = None
         if ctx.needs_input_grad[0]:  # the transposed gather: each row sums the column gradients of its samples
-            order = torch.argsort(flat.int(), stable=True)  # int32: PyTorch's radix sort
-            counts = torch.bincount(flat, minlength=rows.shape[0])
-            sample_weights = weight.view(-1)[order].to(grad.dtype)
-            grad_rows = F.embedding_bag(order // 4, grad, counts.cumsum(0) - counts, per_sample_weights=sample_weights,
-                                        mode="sum")
+            for grad, part, part_weight in parts:
+                if grad is None:
+                    continue
+                flat = part.view(-1)
+                order = torch.argsort(flat.int(), stable=True)  # int32: PyTorch's radix sort
+                counts = torch.bincount(flat, minlength=rows.shape[0])
+                sample_weights = part_weight.view(-1)[order].to(grad.dtype)
+                part_rows = F.embedding_bag(order // 4, grad.contiguous(), counts.cumsum(0) - counts,
+                                            per_sample_weights=sample_weights, mode="sum")
+                grad_rows = part_rows if grad_rows is None else grad_rows.add_(part_rows)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            # d loss / d weight[n, c] = <grad[n], rows[index[n, c]]>, embedding_bag's own per-sample-weight gradient
-            bags = torch.arange(index.shape[0], device=flat.device)
+            # d loss / d weight[n, c] = <grad[n], rows[index[n, c]]>, embedding_bag's own per-sample-weight gradient,
             # in float32 at least: the CPU kernel takes 2x as long in bfloat16 as in float32, conversions included
-            wide = torch.promote_types(grad.dtype, torch.float32)
-            corner_grad = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad.to(wide), rows.to(wide), flat, bags * 4, bags.repeat_interleave(4), 0, -1
-            )
+            wide_rows = rows.to(torch.promote_types(rows.dtype, torch.float32))
+            corner_grads = []
+            for grad, part, part_weight in parts:
+                if grad is None:
+                    corner_grads.append(part_weight.new_zeros(part_weight.numel()))
+                    continue
+                bags = torch.arange(part.shape[0], device=part.device)
+                wide_grad = grad.contiguous().to(wide_rows.dtype)
+                corner_grads.append(torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                    wide_grad, wide_rows, part.view(-1), bags * 4, bags.repeat_interleave(4), 0, -1
+                ))
+            corner_grad = corner_grads[0] if len(corner_grads) == 1 else torch.cat(corner_grads)
             # one contiguous [B, S] tensor per corner (y0, x0), (y0, x1), (y1, x0), (y1, x1)
             corners = corner_grad.to(weight.dtype).view(-1, 4).t().contiguous().view((4,) + mask.shape)
             y, x = axis_corners(position[..., 0], ctx.size[0]), axis_corners(position[..., 1], ctx.size[1])
@@ -177,7 +195,7 @@ class BilinearSampling(torch.autograd.Function):
                     ],
                     dim=-1,
                 )
-        return grad_rows, grad_position, grad_mask, None, None, None
+        return grad_rows, grad_position, grad_mask, None, None, None, None
 
 
 def column_positions(
@@ -266,14 +284,13 @@ def deform_convs_sampled(
     masks = torch.cat([job.mask.reshape(job.mask.shape[0], taps, *job.mask.shape[2:]).permute(0, 2, 3, 1).reshape(-1)
                        for job in jobs])
     position = offsets.to(dtype) + grid
-    columns = BilinearSampling.apply(rows, position[None], masks.to(dtype)[None], height[None], width[None],
-                                     start[None])
-    columns = columns.view(-1, taps * rows.shape[1])  # one row of k*k*C columns per output position
     groups = _runs_of_one_weight(jobs)
     sizes = [[job.offset.shape[0] * job.offset.shape[2] * job.offset.shape[3] for job in group] for group in groups]
+    columns = BilinearSampling.apply(rows, position[None], masks.to(dtype)[None], height[None], width[None],
+                                     start[None], tuple(taps * sum(group_sizes) for group_sizes in sizes))
     outputs: list[torch.Tensor] = []
-    # split, not slices: the backward of a slice would write each part's gradient into zeros of the whole
-    for group, group_sizes, part in zip(groups, sizes, columns.split([sum(s) for s in sizes])):
+    for group, group_sizes, part in zip(groups, sizes, columns):
+        part = part.view(-1, taps * rows.shape[1])  # one row of k*k*C columns per output position
         weight, bias = group[0].weight, group[0].bias
         matrix = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t()  # [(tap_y, tap_x, c), C']
         out = part @ matrix if bias is None else torch.addmm(bias, part, matrix)
