@@ -44,3 +44,19 @@ def test_a_checkout_without_the_config_or_whose_step_fails_is_one_error(tmp_path
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "missing"))
     with pytest.raises(BenchmarkError, match="the training step of .* failed: .*"):
         run_rows(checkouts, "--baseline", REPO, "--processes", "1", "--iters", "1", "--warmup", "0")
+
+
+def test_ours_opts_reach_only_this_checkout(tmp_path, monkeypatch):
+    # Both checkouts are this one. The baseline's process runs (bfloat16, the stage-1 config's precision); ours gets
+    # float16, which the CPU step refuses with one line.
+    generate_fiber_shapes(tmp_path / "fiber_shapes", seed=3, num_train=8, num_val=2, num_novel=2)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    opts = ["DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+            "INPUT.MAX_SIZE_TRAIN", "192"]
+    calls, real = [], checkouts.process_steps
+    monkeypatch.setattr(checkouts, "process_steps",
+                        lambda root, args, opts: calls.append(opts) or real(root, args, opts))
+    with pytest.raises(BenchmarkError, match=f"training step of {REPO} failed: .*must give bfloat16 on the CPU"):
+        run_rows(checkouts, "--baseline", REPO, "--processes", "1", "--iters", "1", "--warmup", "0",
+                 "--ours-opts", "SOLVER.AMP.PRECISION", "float16", "--opts", *opts)
+    assert calls == [opts, opts + ["SOLVER.AMP.PRECISION", "float16"]]  # the baseline's ran, then ours failed

@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=positive_int, default=20, help="timed steps per phase and model (default 20)")
     parser.add_argument("--warmup", type=non_negative_int, default=10,
                         help="untimed steps before them (default 10)")
-    parser.add_argument("--amp", action="store_true", help="SOLVER.AMP.ENABLED True (the trainer's mixed precision)")
+    parser.add_argument("--amp", action="store_true",
+                        help="SOLVER.AMP.ENABLED True (the trainer's mixed precision); without it False, whatever the "
+                             "config says")
     parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="torch threads (default 0: the CPUs available)")
     parser.add_argument("--device", default=default_device(), choices=["cpu", "cuda"],
