@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deform_conv import DeformJob, modulated_deform_conv, modulated_deform_convs
+from .deform_conv import DeformJob, modulated_deform_convs
 
 OFFSET_CHANNELS = 18  # (dy, dx) for each of the 9 kernel taps
 MASK_CHANNELS = 9
@@ -60,21 +60,6 @@ OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """relu6(x + 3) / 6: 0 at or below -3, 1 at or above 3, linear between."""
     return F.relu6(x + 3.0) / 6.0
-
-
-def deformable_conv(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int,
-) -> torch.Tensor:
-    """DCNv2 3x3 (padding 1): x [B, Cin, H, W], offset [B, 18, Ho, Wo], mask [B, 9, Ho, Wo] -> [B, Cout, Ho, Wo].
-
-    On CPU a bilinear gather + one contraction (`deform_conv.py`, same outputs, much faster backward); torchvision's op
-    elsewhere."""
-    return modulated_deform_conv(x, offset, mask, weight, bias, stride=stride, padding=1)
 
 
 def official_offset_layout(values: torch.Tensor, channels: int, height: int, width: int) -> torch.Tensor:
@@ -123,10 +108,23 @@ class DyHeadConv(nn.Module):
             return self.norm(self.conv(x))
         if offset is None or mask is None:
             raise ValueError("a deformable DyHeadConv needs offset and mask")
-        height, width = self.output_size(x.shape[-2], x.shape[-1])
-        offset = official_offset_layout(offset, OFFSET_CHANNELS, height, width)
-        mask = official_offset_layout(mask, MASK_CHANNELS, height, width)
-        return self.norm(deformable_conv(x, offset, mask, self.conv.weight, self.conv.bias, self.stride))
+        return self.norm(modulated_deform_convs([x], [self.deform_job(0, x.shape[-2:], offset, mask)])[0])
+
+    def deform_job(
+        self, source: int, size: tuple[int, int], offset: torch.Tensor, mask: torch.Tensor
+    ) -> DeformJob:
+        """This DCNv2 3x3 (padding 1) on input `source` of size (H, W), with offsets [B, 18, h, w] and masks
+        [B, 9, h, w] laid out for its output as the official kernel reads them. On CPU a bilinear gather + one
+        contraction (`deform_conv.py`: the same outputs, a much faster backward); torchvision's op elsewhere."""
+        height, width = self.output_size(*size)
+        return DeformJob(
+            source,
+            official_offset_layout(offset, OFFSET_CHANNELS, height, width),
+            official_offset_layout(mask, MASK_CHANNELS, height, width),
+            self.conv.weight,
+            self.conv.bias,
+            self.stride,
+        )
 
 
 class DynamicReLU(nn.Module):
@@ -171,6 +169,7 @@ class DyHeadLayer(nn.Module):
         self.deformable = deformable
         # convs[0]: the coarser level (stride 1, then resized up); convs[1]: the same level; convs[2]: the finer level.
         self.convs = nn.ModuleList(DyHeadConv(channels, stride, norm_groups, deformable) for stride in (1, 1, 2))
+        # The official module (its parameter names); `scale_weight` computes it.
         self.scale_attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 1, 1), nn.ReLU())
         nn.init.normal_(self.scale_attention[1].weight, std=0.01)
         nn.init.zeros_(self.scale_attention[1].bias)
@@ -201,18 +200,8 @@ class DyHeadLayer(nn.Module):
             offset_mask = self.offset(feature)
             offsets.append(offset_mask[:, :OFFSET_CHANNELS])
             masks.append(offset_mask[:, OFFSET_CHANNELS:].sigmoid())
-        jobs = []
-        for conv_index, source, out in branches:
-            conv = self.convs[conv_index]
-            height, width = conv.output_size(*features[source].shape[-2:])
-            jobs.append(DeformJob(
-                source,
-                official_offset_layout(offsets[out], OFFSET_CHANNELS, height, width),
-                official_offset_layout(masks[out], MASK_CHANNELS, height, width),
-                conv.conv.weight,
-                conv.conv.bias,
-                conv.stride,
-            ))
+        jobs = [self.convs[conv].deform_job(source, features[source].shape[-2:], offsets[out], masks[out])
+                for conv, source, out in branches]
         outputs = modulated_deform_convs(features, jobs)
         return {
             (conv, out): self.convs[conv].norm(output) for (conv, _, out), output in zip(branches, outputs)
