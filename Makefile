@@ -8,7 +8,7 @@ INSTALL_INPUTS := constraints.txt requirements.txt setup.py tools/build_detectro
 STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-16)
 # `make demo` (2 to 3 minutes on 2 CPU cores): the FIBER-Shapes model zoo (MODEL_ZOO.md) evaluated and drawn.
 DEMO_DIR := output/demo
-# `make demo-train` (about 10 minutes on 2 CPU cores): FIBER-tiny trained from random weights, the coarse stage
+# `make demo-train` (about 5 minutes on 2 CPU cores): FIBER-tiny trained from random weights, the coarse stage
 # through its hook, then the fine stage, in one run; its numbers are printed next to the zoo detector's.
 TRAIN_DIR := output/demo_train
 TRAIN_CONFIG := configs/fiber_shapes/fiber_tiny_demo.yaml
