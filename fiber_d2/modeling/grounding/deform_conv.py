@@ -278,7 +278,8 @@ def deform_convs_sampled(
         for job in jobs
     )
     grid, height, width, start = sample_grid(layout, (kernel_h, kernel_w), padding, rows.device)
-    dtype = torch.promote_types(jobs[0].offset.dtype, torch.float32)  # positions in float32 at least (see below)
+    # positions in float32 at least (under autocast too: a bfloat16 position 100 px from the origin is 0.5 px coarse)
+    dtype = torch.promote_types(jobs[0].offset.dtype, torch.float32)
     offsets = torch.cat([job.offset.reshape(job.offset.shape[0], taps, 2, *job.offset.shape[2:])
                          .permute(0, 3, 4, 1, 2).reshape(-1, 2) for job in jobs])
     masks = torch.cat([job.mask.reshape(job.mask.shape[0], taps, *job.mask.shape[2:]).permute(0, 2, 3, 1).reshape(-1)
@@ -324,12 +325,9 @@ def deform_conv_sampled(
     as (dy, dx) per kernel position (row-major); mask [B, k*k, Ho, Wo]; weight [C', C, k, k]; bias [C'] or None ->
     [B, C', Ho, Wo]. One offset group, no dilation."""
     batch, channels, height, width = x.shape
-    out_channels, _, kernel_h, kernel_w = weight.shape
+    _, _, kernel_h, kernel_w = weight.shape
     out_h, out_w = offset.shape[-2:]
-    with_autograd = torch.is_grad_enabled() and any(
-        tensor is not None and tensor.requires_grad for tensor in (x, offset, mask, weight, bias)
-    )
-    if with_autograd:
+    if _needs_autograd(x, offset, mask, weight, bias):
         return deform_convs_sampled([x], [DeformJob(0, offset, mask, weight, bias, stride)], padding)[0]
     # column image order (b, i, tap_y, j, tap_x)
     sample_y, sample_x = column_positions(offset, (kernel_h, kernel_w), stride, padding)
@@ -359,13 +357,15 @@ def modulated_deform_convs(
 ) -> list[torch.Tensor]:
     """Several DCNv2 over `inputs` (see `DeformJob`) -> their outputs in order: on CPU with autograd one gather
     (`deform_convs_sampled`), otherwise each convolution on its own (`modulated_deform_conv`)."""
-    with_autograd = torch.is_grad_enabled() and any(
-        tensor is not None and tensor.requires_grad
-        for tensor in (*inputs, *(t for job in jobs for t in (job.offset, job.mask, job.weight, job.bias)))
-    )
-    if with_autograd and inputs[0].device.type == "cpu":
+    tensors = (*inputs, *(t for job in jobs for t in (job.offset, job.mask, job.weight, job.bias)))
+    if inputs[0].device.type == "cpu" and _needs_autograd(*tensors):
         return deform_convs_sampled(inputs, jobs, padding)
     return [
         modulated_deform_conv(inputs[job.input], job.offset, job.mask, job.weight, job.bias, job.stride, padding)
         for job in jobs
     ]
+
+
+def _needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an operation on these tensors (None entries ignored)."""
+    return torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad for tensor in tensors)
