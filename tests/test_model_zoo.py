@@ -81,6 +81,35 @@ def test_model_files_are_checked_and_set_in_the_config(tmp_path, monkeypatch):
         model_zoo.get_model_files("fiber_shapes/zoo/vqa.yaml", manifest=manifest, weight_roots=(tmp_path,))
 
 
+def test_model_directory_is_checked_file_by_file(tmp_path):
+    tokenizer = tmp_path / "fiber_shapes" / "tokenizer"
+    tokenizer.mkdir(parents=True)
+    (tokenizer / "vocab.json").write_text('{"a": 0}')
+    (tokenizer / "merges.txt").write_text("#version: 0.2\n")
+    digests = {name: model_zoo.sha256_of(tokenizer / name) for name in ("merges.txt", "vocab.json")}
+    key = "MODEL.FIBER.TOKENIZER"
+    manifest = tmp_path / "manifest.json"
+    directory = {"file": "fiber_shapes/tokenizer", "sha256": digests}
+    entry = {"file": "m.safetensors", "sha256": "0", "files": {key: directory}}
+    manifest.write_text(json.dumps({"a.yaml": entry}))
+
+    def files():
+        return model_zoo.get_model_files("a.yaml", manifest=manifest, weight_roots=(tmp_path,))
+
+    assert files() == {key: str(tokenizer)}
+    (tokenizer / "vocab.json").write_text('{"a": 1}')  # another vocabulary: other token ids
+    with pytest.raises(model_zoo.ZooChecksumError, match="vocab.json: sha256"):
+        files()
+    (tokenizer / "vocab.json").write_text('{"a": 0}')
+    (tokenizer / "added_tokens.json").write_text("{}")  # a file the zoo does not record
+    with pytest.raises(model_zoo.ZooChecksumError, match="added_tokens.json"):
+        files()
+    (tokenizer / "added_tokens.json").unlink()
+    (tokenizer / "merges.txt").unlink()
+    with pytest.raises(model_zoo.ZooChecksumError, match="the model zoo records"):
+        files()
+
+
 def test_export_answer_vocabulary_writes_the_training_answers_and_checks_the_classifier(tmp_path, shapes_root):
     from safetensors.torch import save_file
 
@@ -110,6 +139,38 @@ def test_export_cli_refuses_output_outside_the_zoo(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "--output must lie under" in result.stderr
+
+
+def test_export_cli_needs_the_training_tokenizer(tmp_path):
+    """A checkpoint with no training config.yaml next to it gives no tokenizer: the export asks for --tokenizer and
+    writes nothing."""
+    output = REPO / "model_zoo" / "fiber_shapes" / "_no_tokenizer.safetensors"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "export_zoo_model.py"), str(_checkpoint(tmp_path)),
+         "--config", "fiber_shapes/fiber_tiny_demo.yaml", "--output", str(output)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "give --tokenizer" in result.stderr and not output.exists()
+
+
+def test_export_tokenizer_copies_once_and_refuses_another(tmp_path):
+    from fiber_d2.model_zoo.export import export_tokenizer
+
+    source = tmp_path / "trained_with"
+    source.mkdir()
+    (source / "vocab.json").write_text('{"a": 0}')
+    (source / "merges.txt").write_text("#version: 0.2\n")
+    target = tmp_path / "zoo" / "tokenizer"
+    digests = export_tokenizer(source, target)
+    assert digests == {name: model_zoo.sha256_of(source / name) for name in ("merges.txt", "vocab.json")}
+    assert (target / "vocab.json").read_text() == '{"a": 0}'
+    assert export_tokenizer(source, target) == digests  # a second model with the same tokenizer shares it
+    (source / "vocab.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="vocab.json differs .* another model's tokenizer"):
+        export_tokenizer(source, target)
+    assert (target / "vocab.json").read_text() == '{"a": 0}'  # the shipped one is kept
+    with pytest.raises(ValueError, match="does not exist"):
+        export_tokenizer(tmp_path / "missing", tmp_path / "zoo" / "other")
 
 
 def test_record_metrics_keeps_the_entry_and_refuses_unknown_configs(tmp_path):
@@ -207,6 +268,26 @@ def test_shipped_file_has_the_recorded_sha256_size_and_metrics(config):
     path = Path(model_zoo.get_checkpoint_path(config))  # raises unless the sha256 matches
     assert path.stat().st_size == entry["bytes"] <= 10 * 1024 * 1024
     assert entry["metrics"], config  # published with its metrics (tools/zoo_demo.py --record)
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_shipped_model_uses_the_shipped_tokenizer_whatever_the_dataset_root(config, tmp_path, monkeypatch):
+    """The zoo's tokenizer, not $DETECTRON2_DATASETS's: FIBER-Shapes generated with other options (e.g. 10,000
+    training images) trains another vocabulary, whose token ids the shipped models would misread."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    tokenizer = model_zoo.get_config(config, trained=True).MODEL.FIBER.TOKENIZER
+    assert Path(tokenizer) == Path(model_zoo.get_checkpoint_path(config)).parent / "tokenizer"
+
+
+def test_default_fiber_shapes_regenerates_the_shipped_tokenizer(shapes_root):
+    """`make shapes` must give the vocabulary the zoo models were trained with (the same token ids)."""
+    from fiber_d2.data.tokenizer import load_tokenizer
+
+    shipped = load_tokenizer(model_zoo.get_model_files(SHIPPED[0])["MODEL.FIBER.TOKENIZER"])
+    generated = load_tokenizer(str(shapes_root / "tokenizer"))
+    assert shipped.get_vocab() == generated.get_vocab() and len(shipped.get_vocab()) > 300
+    text = "there is a small green square right of a hexagon on a blotchy background ."
+    assert shipped(text)["input_ids"] == generated(text)["input_ids"]
 
 
 @pytest.mark.parametrize("config", SHIPPED)

@@ -1,16 +1,17 @@
 """Write a trained checkpoint's model weights as a model-zoo file (safetensors, floating tensors in fp16 by default),
-and a VQA model's answer classes next to them."""
+and next to them the tokenizer it was trained with and a VQA model's answer classes."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from ..checkpoint.io import load_state_dict_file
 
-__all__ = ["export_answer_vocabulary", "export_weights"]
+__all__ = ["export_answer_vocabulary", "export_tokenizer", "export_weights"]
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -36,6 +37,35 @@ def export_weights(checkpoint: str | os.PathLike, output: str | os.PathLike, dty
 
 # the VQA classifier's last layer (CoarseHeads.vqa: Linear, LayerNorm, GELU, Linear -> answers)
 VQA_CLASSIFIER = "heads.vqa.3.weight"
+
+
+def export_tokenizer(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, str]:
+    """Copy the tokenizer directory `source` (its files) to `target`, which several zoo models may share: a `target`
+    that already exists must hold the same files with the same bytes (a ValueError naming the first that differs).
+    Returns {file name: sha256} of `target`'s files, for the manifest."""
+    from .model_zoo import sha256_of
+
+    source, target = Path(source), Path(target)
+    if not source.is_dir():
+        raise ValueError(f"tokenizer directory {source} does not exist")
+    names = sorted(child.name for child in source.iterdir() if child.is_file())
+    if not names:
+        raise ValueError(f"tokenizer directory {source} holds no files")
+    if target.exists():
+        held = sorted(child.name for child in target.iterdir())
+        if held != names:
+            raise ValueError(f"{target} holds {held}, the tokenizer {source} has {names}: another model's tokenizer")
+        for name in names:
+            if sha256_of(source / name) != sha256_of(target / name):
+                raise ValueError(f"{target / name} differs from {source / name}: another model's tokenizer")
+    else:
+        temporary = target.with_name(target.name + ".tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        for name in names:
+            shutil.copyfile(source / name, temporary / name)
+        os.replace(temporary, target)
+    return {name: sha256_of(target / name) for name in names}
 
 
 def export_answer_vocabulary(config_path: str, weights: str | os.PathLike, output: str | os.PathLike) -> int:

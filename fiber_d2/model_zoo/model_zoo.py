@@ -24,7 +24,8 @@ _REPO = _HERE.parents[1]
 _CONFIG_ROOTS = (_HERE / "configs", _REPO / "configs")
 _WEIGHT_ROOTS = (_HERE / "weights", _REPO / "model_zoo")
 # {config path relative to configs/: {"file": path relative to model_zoo/, "sha256": hex digest, "bytes": size,
-#  "metrics": {...}, optionally "files": {config key: {"file": ..., "sha256": ...}}}}
+#  "metrics": {...}, optionally "files": {config key: {"file": ..., "sha256": ...}}}}; a "files" entry whose "sha256" is
+#  a {file name: hex digest} dict is a directory holding exactly those files (a tokenizer).
 _MANIFEST = _HERE / "manifest.json"
 
 
@@ -93,6 +94,28 @@ def _checked_file(
     return str(path)
 
 
+def _checked_directory(
+    relative: str, sha256s: dict[str, str], what: str, weight_roots: tuple[str | os.PathLike, ...] | None = None
+) -> str:
+    """Local path of the zoo directory `relative` (under model_zoo/) that must hold exactly the files of `sha256s`
+    ({file name: sha256}); `what` names it."""
+    roots = [Path(root) for root in (weight_roots or _WEIGHT_ROOTS)]
+    for root in roots:
+        path = root / relative
+        if path.is_dir():
+            break
+    else:
+        raise FileNotFoundError(f"zoo directory {relative!r} for {what} not found under {' or '.join(map(str, roots))}")
+    names = sorted(child.name for child in path.iterdir())
+    if names != sorted(sha256s):
+        raise ZooChecksumError(f"{path}: holds {names}, the model zoo records {sorted(sha256s)}")
+    for name, sha256 in sorted(sha256s.items()):
+        actual = sha256_of(path / name)
+        if actual != sha256:
+            raise ZooChecksumError(f"{path / name}: sha256 {actual} differs from the model zoo's {sha256}")
+    return str(path)
+
+
 def _entry(config_path: str, manifest: str | os.PathLike | None) -> dict[str, Any]:
     models = list_models(manifest)
     if config_path not in models:
@@ -118,13 +141,16 @@ def get_model_files(
     manifest: str | os.PathLike | None = None,
     weight_roots: tuple[str | os.PathLike, ...] | None = None,
 ) -> dict[str, str]:
-    """The files a zoo model needs besides its weights, as {config key: checked local path}: e.g. a VQA model's
-    answer classes in order (MODEL.FIBER.VQA.ANSWER_VOCABULARY), which its training data defined. Empty for most."""
+    """The files a zoo model needs besides its weights, as {config key: checked local path}, each defined by the data
+    the model was trained on: its tokenizer (MODEL.FIBER.TOKENIZER, a directory: FIBER-Shapes trains its tokenizer
+    on its own captions, so a dataset generated with other options has another one) and a VQA model's answer classes
+    in order (MODEL.FIBER.VQA.ANSWER_VOCABULARY)."""
     entry = _entry(config_path, manifest)
-    return {
-        key: _checked_file(spec["file"], spec["sha256"], f"{config_path!r} ({key})", weight_roots)
-        for key, spec in entry.get("files", {}).items()
-    }
+    found = {}
+    for key, spec in entry.get("files", {}).items():
+        check = _checked_directory if isinstance(spec["sha256"], dict) else _checked_file
+        found[key] = check(spec["file"], spec["sha256"], f"{config_path!r} ({key})", weight_roots)
+    return found
 
 
 def get_config(config_path: str, trained: bool = False):
