@@ -145,6 +145,10 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.FUSION.NUM_LAYERS = 6
     # "v2" (main fine checkpoints) or "v3" (RefExp checkpoints, coarse stage: a LayerNorm on image-to-text queries).
     cfg.MODEL.FIBER.FUSION.VERSION = "v2"
+    # P > 0 (a multiple of 4): the fused text layers' cross-attention adds a learned projection (zero at init) of each
+    # image token's 2D sinusoidal position code (P features) to its keys and values, so that text can read where
+    # objects are ("left of"); not in FIBER, whose image tokens carry only Swin's relative positions. 0 = off.
+    cfg.MODEL.FIBER.FUSION.TEXT_READS_POSITIONS = 0
 
     # Recompute every Swin block and text layer in the backward pass: less activation memory, ~1/3 more compute.
     cfg.MODEL.FIBER.GRADIENT_CHECKPOINTING = False

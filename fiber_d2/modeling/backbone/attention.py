@@ -62,6 +62,24 @@ def multi_head_attention(
     return merge_heads(out)
 
 
+def grid_position_code(size: tuple[int, int], num_features: int, device: torch.device) -> torch.Tensor:
+    """A fixed 2D sinusoidal code of each cell's centre in an (H, W) grid, row-major: [H*W, num_features] float32.
+
+    Coordinates are the centre's (x, y) in [0, 1] of the grid's width and height; each axis gets sin and cos at
+    num_features / 4 frequencies pi * 2^k (k = 0, 1, ...), so a code depends on where a cell is in its image, not on
+    the grid's resolution. num_features must be a multiple of 4.
+    """
+    if num_features <= 0 or num_features % 4:
+        raise ValueError(f"num_features must be a positive multiple of 4, got {num_features}")
+    height, width = size
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    frequencies = torch.pi * 2.0 ** torch.arange(num_features // 4, device=device, dtype=torch.float32)
+    angles = torch.stack((x.reshape(-1), y.reshape(-1)), dim=-1)[:, :, None] * frequencies  # [H*W, 2, F]
+    return torch.cat((angles.sin(), angles.cos()), dim=-1).reshape(height * width, num_features)
+
+
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, L] mask (1 = token, 0 = padding) -> [B, 1, 1, L] additive bias (0 or the dtype's most negative value)."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -118,9 +136,20 @@ class TextToImageAttention(_GatedCrossAttention):
     """Text tokens (queries) attend to all image tokens of the paired stage; output scaled by `alpha` (init 0).
 
     hidden: text hidden size; image_dim: channels of the paired image stage. No image mask (as in FIBER).
+    position_features: P > 0 adds `position_kv(grid_position_code(size, P))` to the keys and values, so that a text
+    token reads where in the image the tokens it attends to are (not in FIBER, whose image tokens carry only Swin's
+    relative positions within a window; DETR adds positions to its keys). `position_kv` starts at zero.
     """
 
-    def __init__(self, hidden: int, num_heads: int, image_dim: int, attention_dropout: float, dropout: float):
+    def __init__(
+        self,
+        hidden: int,
+        num_heads: int,
+        image_dim: int,
+        attention_dropout: float,
+        dropout: float,
+        position_features: int = 0,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.attention_dropout = attention_dropout
@@ -129,19 +158,30 @@ class TextToImageAttention(_GatedCrossAttention):
         self.value = nn.Linear(image_dim, hidden)
         self.dense = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(dropout)
+        self.position_features = position_features
+        self.position_kv = nn.Linear(position_features, 2 * hidden, bias=False) if position_features else None
         self.alpha = nn.Parameter(torch.zeros(1))
 
-    def forward(self, a: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """a: [B, T, hidden] (self-attention output before residual and LayerNorm); image: [B, N, image_dim].
+    def forward(self, a: torch.Tensor, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """a: [B, T, hidden] (self-attention output before residual and LayerNorm); image: [B, N, image_dim];
+        size: the image tokens' (H, W) grid, H * W = N (needed with position_features).
 
         Returns a + alpha * CrossAttn(a, image), [B, T, hidden] (a itself when the gate is closed).
         """
         if self.gate_closed():
             return a
+        key, value = self.key(image), self.value(image)
+        if self.position_kv is not None:
+            if size is None or size[0] * size[1] != image.shape[1]:
+                raise ValueError(f"image grid size {size} does not match {image.shape[1]} image tokens")
+            position_key, position_value = self.position_kv(
+                grid_position_code(size, self.position_features, image.device)
+            ).chunk(2, dim=-1)
+            key, value = key + position_key, value + position_value
         attended = multi_head_attention(
             self.query(a),
-            self.key(image),
-            self.value(image),
+            key,
+            value,
             self.num_heads,
             dropout_p=self.attention_dropout if self.training else 0.0,
         )

@@ -95,7 +95,12 @@ class FiberBackbone(Backbone):
         if fiber.SWIN.WEIGHTS:
             load_swin_weights(image_encoder, fiber.SWIN.WEIGHTS)
         fused_dims = image_encoder.feature_dims()[image_encoder.num_blocks - num_fused :]
-        text_encoder = RobertaTextEncoder(text_model, fused_dims, skip_final_norm=fiber.TEXT.SKIP_FINAL_NORM)
+        text_encoder = RobertaTextEncoder(
+            text_model,
+            fused_dims,
+            skip_final_norm=fiber.TEXT.SKIP_FINAL_NORM,
+            position_features=fiber.FUSION.TEXT_READS_POSITIONS,
+        )
         return {
             "image_encoder": image_encoder,
             "text_encoder": text_encoder,

@@ -66,6 +66,9 @@ def run_fused_layers(
             text_bias=text_in.bias,
         )
         text_state = text_encoder.step(
-            text_in, image=image_in.tokens if mode is not FusionMode.OFF else None, fused_pass=mode is FusionMode.ON
+            text_in,
+            image=image_in.tokens if mode is not FusionMode.OFF else None,
+            fused_pass=mode is FusionMode.ON,
+            image_size=image_in.size,
         )
     return image_state, text_state

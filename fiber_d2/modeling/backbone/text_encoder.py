@@ -74,9 +74,17 @@ class RobertaTextEncoder(nn.Module):
     skip_final_norm: leave out the last layer's output LayerNorm in fused passes (`step(..., fused_pass=True)`), as
         FIBER's coarse stage does in its fused loop (coarse_grained/fiber/modules/fiber_module.py, `infer`); its
         text-only path and its caption decoder keep that LayerNorm.
+    position_features: P > 0 gives each text-to-image attention the image tokens' positions (see
+        TextToImageAttention; not in FIBER).
     """
 
-    def __init__(self, model: RobertaModel, fused_image_dims: Sequence[int] = (), skip_final_norm: bool = False):
+    def __init__(
+        self,
+        model: RobertaModel,
+        fused_image_dims: Sequence[int] = (),
+        skip_final_norm: bool = False,
+        position_features: int = 0,
+    ):
         super().__init__()
         config = model.config
         num_layers = config.num_hidden_layers
@@ -96,14 +104,17 @@ class RobertaTextEncoder(nn.Module):
                     image_dim,
                     attention_dropout=config.attention_probs_dropout_prob,
                     dropout=config.hidden_dropout_prob,
+                    position_features=position_features,
                 )
                 for i, image_dim in enumerate(fused_image_dims)
             }
         )
         for module in self.t2i.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.normal_(module.weight, std=config.initializer_range)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.weight)  # position_kv: the positions start with no effect
 
     @staticmethod
     def load_model(path: str = "", **dims) -> RobertaModel:
@@ -156,8 +167,15 @@ class RobertaTextEncoder(nn.Module):
             bias = torch.where(future, torch.finfo(hidden.dtype).min, bias)
         return TextState(hidden, attention_mask, bias, 0)
 
-    def step(self, state: TextState, image: torch.Tensor | None = None, fused_pass: bool = False) -> TextState:
-        """Run the next layer; `image` [B, N, C] feeds its text-to-image attention (fused layers only).
+    def step(
+        self,
+        state: TextState,
+        image: torch.Tensor | None = None,
+        fused_pass: bool = False,
+        image_size: tuple[int, int] | None = None,
+    ) -> TextState:
+        """Run the next layer; `image` [B, N, C] feeds its text-to-image attention (fused layers only), image_size its
+        (H, W) token grid.
 
         fused_pass: this step belongs to a pass with both cross-attentions (FusionMode.ON), where `skip_final_norm`
         applies.
@@ -170,14 +188,27 @@ class RobertaTextEncoder(nn.Module):
         output_norm = not (fused_pass and self.skip_final_norm and index == self.num_layers - 1)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             hidden = checkpoint(
-                self._layer_forward, index, state.hidden, state.bias, image, output_norm, use_reentrant=False
+                self._layer_forward,
+                index,
+                state.hidden,
+                state.bias,
+                image,
+                output_norm,
+                image_size,
+                use_reentrant=False,
             )
         else:
-            hidden = self._layer_forward(index, state.hidden, state.bias, image, output_norm)
+            hidden = self._layer_forward(index, state.hidden, state.bias, image, output_norm, image_size)
         return dataclasses.replace(state, hidden=hidden, layer=index + 1)
 
     def _layer_forward(
-        self, index: int, hidden: torch.Tensor, bias: torch.Tensor, image: torch.Tensor | None, output_norm: bool
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        bias: torch.Tensor,
+        image: torch.Tensor | None,
+        output_norm: bool,
+        image_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         layer = self.model.encoder.layer[index]
         self_attention, self_output = layer.attention.self, layer.attention.output
@@ -191,7 +222,7 @@ class RobertaTextEncoder(nn.Module):
         )
         a = self_output.dropout(self_output.dense(attended))
         if image is not None:
-            a = self.t2i[str(index)](a, image)
+            a = self.t2i[str(index)](a, image, image_size)
         hidden = self_output.LayerNorm(a + hidden)
         intermediate = layer.intermediate(hidden)
         if not output_norm:
