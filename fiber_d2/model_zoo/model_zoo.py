@@ -77,42 +77,30 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _checked_file(
-    relative: str, sha256: str, what: str, weight_roots: tuple[str | os.PathLike, ...] | None = None
+def _checked(
+    relative: str,
+    sha256: str | dict[str, str],
+    what: str,
+    weight_roots: tuple[str | os.PathLike, ...] | None = None,
 ) -> str:
-    """Local path of the zoo file `relative` (under model_zoo/) whose sha256 must be `sha256`; `what` names it."""
+    """Local path of the zoo file `relative` (under model_zoo/) whose sha256 must be `sha256`, or, where `sha256` is
+    a {file name: sha256} dict, of the zoo directory that must hold exactly those files; `what` names it."""
+    is_directory = isinstance(sha256, dict)
+    kind = "directory" if is_directory else "file"
     roots = [Path(root) for root in (weight_roots or _WEIGHT_ROOTS)]
-    for root in roots:
-        path = root / relative
-        if path.is_file():
-            break
-    else:
-        raise FileNotFoundError(f"zoo file {relative!r} for {what} not found under {' or '.join(map(str, roots))}")
-    actual = sha256_of(path)
-    if actual != sha256:
-        raise ZooChecksumError(f"{path}: sha256 {actual} differs from the model zoo's {sha256}")
-    return str(path)
-
-
-def _checked_directory(
-    relative: str, sha256s: dict[str, str], what: str, weight_roots: tuple[str | os.PathLike, ...] | None = None
-) -> str:
-    """Local path of the zoo directory `relative` (under model_zoo/) that must hold exactly the files of `sha256s`
-    ({file name: sha256}); `what` names it."""
-    roots = [Path(root) for root in (weight_roots or _WEIGHT_ROOTS)]
-    for root in roots:
-        path = root / relative
-        if path.is_dir():
-            break
-    else:
-        raise FileNotFoundError(f"zoo directory {relative!r} for {what} not found under {' or '.join(map(str, roots))}")
-    names = sorted(child.name for child in path.iterdir())
-    if names != sorted(sha256s):
-        raise ZooChecksumError(f"{path}: holds {names}, the model zoo records {sorted(sha256s)}")
-    for name, sha256 in sorted(sha256s.items()):
-        actual = sha256_of(path / name)
-        if actual != sha256:
-            raise ZooChecksumError(f"{path / name}: sha256 {actual} differs from the model zoo's {sha256}")
+    exists = Path.is_dir if is_directory else Path.is_file
+    path = next((root / relative for root in roots if exists(root / relative)), None)
+    if path is None:
+        raise FileNotFoundError(f"zoo {kind} {relative!r} for {what} not found under {' or '.join(map(str, roots))}")
+    if is_directory:
+        names = sorted(child.name for child in path.iterdir())
+        if names != sorted(sha256):
+            raise ZooChecksumError(f"{path}: holds {names}, the model zoo records {sorted(sha256)}")
+    files = {path / name: digest for name, digest in sha256.items()} if is_directory else {path: sha256}
+    for file, expected in sorted(files.items()):
+        actual = sha256_of(file)
+        if actual != expected:
+            raise ZooChecksumError(f"{file}: sha256 {actual} differs from the model zoo's {expected}")
     return str(path)
 
 
@@ -133,7 +121,7 @@ def get_checkpoint_path(
     the file's sha256 equals the manifest's. Raises KeyError for a config the zoo has no weights for,
     FileNotFoundError for a missing file and ZooChecksumError for a file that differs."""
     entry = _entry(config_path, manifest)
-    return _checked_file(entry["file"], entry["sha256"], repr(config_path), weight_roots)
+    return _checked(entry["file"], entry["sha256"], repr(config_path), weight_roots)
 
 
 def get_model_files(
@@ -146,11 +134,10 @@ def get_model_files(
     on its own captions, so a dataset generated with other options has another one) and a VQA model's answer classes
     in order (MODEL.FIBER.VQA.ANSWER_VOCABULARY)."""
     entry = _entry(config_path, manifest)
-    found = {}
-    for key, spec in entry.get("files", {}).items():
-        check = _checked_directory if isinstance(spec["sha256"], dict) else _checked_file
-        found[key] = check(spec["file"], spec["sha256"], f"{config_path!r} ({key})", weight_roots)
-    return found
+    return {
+        key: _checked(spec["file"], spec["sha256"], f"{config_path!r} ({key})", weight_roots)
+        for key, spec in entry.get("files", {}).items()
+    }
 
 
 def get_config(config_path: str, trained: bool = False):
