@@ -67,3 +67,18 @@ def test_text_reads_where_image_tokens_are():
         torch.testing.assert_close(attention(text, image, (2, 3)), attention(text, swapped, (2, 3)))
     with pytest.raises(ValueError, match=r"grid size \(3, 3\) does not match 6 image tokens"):
         attention(text, image, (3, 3))
+
+
+def test_cached_code_made_in_inference_mode_trains():
+    """The code is cached per grid size: one first made under inference mode (evaluation) must still let a later
+    training step save it for the projection's gradient."""
+    torch.manual_seed(1)
+    attention = TextToImageAttention(16, 2, 8, attention_dropout=0.0, dropout=0.0, position_features=8)
+    with torch.no_grad():
+        attention.alpha.fill_(1.0)
+    text, image = torch.randn(1, 3, 16), torch.randn(1, 35, 8)
+    with torch.inference_mode():
+        attention(text, image, (5, 7))
+    assert grid_position_code((5, 7), 8, torch.device("cpu")) is grid_position_code((5, 7), 8, torch.device("cpu"))
+    attention(text, image, (5, 7)).sum().backward()
+    assert attention.position_kv.weight.grad is not None and attention.position_kv.weight.grad.abs().sum() > 0

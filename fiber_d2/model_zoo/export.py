@@ -51,12 +51,13 @@ def export_tokenizer(source: str | os.PathLike, target: str | os.PathLike) -> di
     names = sorted(child.name for child in source.iterdir() if child.is_file())
     if not names:
         raise ValueError(f"tokenizer directory {source} holds no files")
+    digests = {name: sha256_of(source / name) for name in names}
     if target.exists():
         held = sorted(child.name for child in target.iterdir())
         if held != names:
             raise ValueError(f"{target} holds {held}, the tokenizer {source} has {names}: another model's tokenizer")
         for name in names:
-            if sha256_of(source / name) != sha256_of(target / name):
+            if sha256_of(target / name) != digests[name]:
                 raise ValueError(f"{target / name} differs from {source / name}: another model's tokenizer")
     else:
         temporary = target.with_name(target.name + ".tmp")
@@ -65,7 +66,7 @@ def export_tokenizer(source: str | os.PathLike, target: str | os.PathLike) -> di
         for name in names:
             shutil.copyfile(source / name, temporary / name)
         os.replace(temporary, target)
-    return {name: sha256_of(target / name) for name in names}
+    return digests
 
 
 def export_answer_vocabulary(config_path: str, weights: str | os.PathLike, output: str | os.PathLike) -> int:

@@ -7,6 +7,8 @@ alpha_t2i never leaves its initial 0) adds nothing, so its cross-attention is sk
 inputs), and no forward or backward through it."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,22 +64,25 @@ def multi_head_attention(
     return merge_heads(out)
 
 
+@functools.lru_cache(maxsize=16)
 def grid_position_code(size: tuple[int, int], num_features: int, device: torch.device) -> torch.Tensor:
     """A fixed 2D sinusoidal code of each cell's centre in an (H, W) grid, row-major: [H*W, num_features] float32.
 
     Coordinates are the centre's (x, y) in [0, 1] of the grid's width and height; each axis gets sin and cos at
     num_features / 4 frequencies pi * 2^k (k = 0, 1, ...), so a code depends on where a cell is in its image, not on
-    the grid's resolution. num_features must be a multiple of 4.
+    the grid's resolution. num_features must be a multiple of 4. Cached: every fused layer of every forward at one
+    grid size reads the same constant tensor (do not modify it).
     """
     if num_features <= 0 or num_features % 4:
         raise ValueError(f"num_features must be a positive multiple of 4, got {num_features}")
     height, width = size
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    frequencies = torch.pi * 2.0 ** torch.arange(num_features // 4, device=device, dtype=torch.float32)
-    angles = torch.stack((x.reshape(-1), y.reshape(-1)), dim=-1)[:, :, None] * frequencies  # [H*W, 2, F]
-    return torch.cat((angles.sin(), angles.cos()), dim=-1).reshape(height * width, num_features)
+    with torch.inference_mode(False):  # a normal tensor even when first made under inference mode, so that training
+        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height  # can save it for backward
+        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        y, x = torch.meshgrid(ys, xs, indexing="ij")
+        frequencies = torch.pi * 2.0 ** torch.arange(num_features // 4, device=device, dtype=torch.float32)
+        angles = torch.stack((x.reshape(-1), y.reshape(-1)), dim=-1)[:, :, None] * frequencies  # [H*W, 2, F]
+        return torch.cat((angles.sin(), angles.cos()), dim=-1).reshape(height * width, num_features)
 
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -175,7 +180,7 @@ class TextToImageAttention(_GatedCrossAttention):
             if size is None or size[0] * size[1] != image.shape[1]:
                 raise ValueError(f"image grid size {size} does not match {image.shape[1]} image tokens")
             position_key, position_value = self.position_kv(
-                grid_position_code(size, self.position_features, image.device)
+                grid_position_code(tuple(size), self.position_features, image.device)
             ).chunk(2, dim=-1)
             key, value = key + position_key, value + position_value
         attended = multi_head_attention(

@@ -110,11 +110,13 @@ class RobertaTextEncoder(nn.Module):
             }
         )
         for module in self.t2i.modules():
-            if isinstance(module, nn.Linear) and module.bias is not None:
+            if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=config.initializer_range)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.weight)  # position_kv: the positions start with no effect
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for attention in self.t2i.values():
+            if attention.position_kv is not None:
+                nn.init.zeros_(attention.position_kv.weight)  # the positions start with no effect
 
     @staticmethod
     def load_model(path: str = "", **dims) -> RobertaModel:
